@@ -1,1 +1,2 @@
-fn main(){}
+//! Criterion benchmarks of the compare engine (in progress).
+fn main() {}

@@ -48,7 +48,10 @@ impl Frame {
     /// A frame without a virtio-net header.
     #[must_use]
     pub fn ethernet(data: impl Into<Bytes>) -> Self {
-        Self { vnet_hdr_len: 0, data: data.into() }
+        Self {
+            vnet_hdr_len: 0,
+            data: data.into(),
+        }
     }
 
     /// The Ethernet frame, without the vnet header. Empty if `vnet_hdr_len` exceeds the data.
@@ -61,7 +64,9 @@ impl Frame {
     /// The virtio-net header bytes (empty when there is none).
     #[must_use]
     pub fn vnet_header(&self) -> &[u8] {
-        let end = usize::try_from(self.vnet_hdr_len).unwrap_or(usize::MAX).min(self.data.len());
+        let end = usize::try_from(self.vnet_hdr_len)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
         &self.data[..end]
     }
 }

@@ -13,6 +13,7 @@
 //! - [`engine`]: the compare engine: connection table, byte-stream comparison, release
 //!   ordering, the ACK gate, datagram comparison, checkpoint requests and epochs.
 //! - [`rewrite`]: the secondary-side TCP rewriter (seq/ack, SACK, timestamps).
+//! - [`sim`]: deterministic frame builders shared by tests, benchmarks and the demo.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod reassembly;
 pub mod rewrite;
 pub mod seq;
+pub mod sim;
 pub mod time;
 
 pub use frame::{Frame, Side};

@@ -111,7 +111,7 @@ impl From<Duration> for core::time::Duration {
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 >= 1000 && self.0 % 1000 == 0 {
+        if self.0 >= 1000 && self.0.is_multiple_of(1000) {
             write!(f, "{}ms", self.0 / 1000)
         } else {
             write!(f, "{}us", self.0)
@@ -129,7 +129,10 @@ mod tests {
         assert_eq!((t + Duration::from_millis(2)).as_micros(), 7000);
         assert_eq!((t - Duration::from_secs(1)), Instant::ZERO);
         assert_eq!(t.saturating_since(Instant::from_millis(9)), Duration::ZERO);
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
         assert_eq!(Duration::from_millis(3).to_string(), "3ms");
         assert_eq!(Duration::from_micros(3).to_string(), "3us");
     }

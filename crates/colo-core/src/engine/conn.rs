@@ -1,0 +1,172 @@
+//! Per-connection compare state.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::classify::{DatagramMeta, TcpFlags};
+use crate::frame::Frame;
+use crate::reassembly::StreamReassembler;
+use crate::seq::Seq;
+use crate::time::Instant;
+
+use super::table::ConnKey;
+
+/// What a held primary frame waits for before it may be released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// TCP: its payload ends at stream offset `end`; `flags` (SYN/FIN/RST) must be
+    /// matched; `ack` must have been acknowledged by the secondary too.
+    Tcp {
+        end: u64,
+        flags: TcpFlags,
+        ctl_at: u64,
+        ack: Option<Seq>,
+    },
+    /// A datagram matched against the secondary's next datagram of the flow.
+    Datagram(DatagramMeta),
+    /// Nothing to compare (already released data, pass-through): release in order.
+    Nothing,
+}
+
+/// A primary frame waiting for release.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldFrame {
+    pub(crate) frame: Frame,
+    /// Global arrival number (for flush ordering across connections).
+    pub(crate) arrival: u64,
+    pub(crate) since: Instant,
+    pub(crate) need: Need,
+}
+
+/// One side's view of a TCP stream's control events.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TcpSideState {
+    /// The stream origin in this side's sequence space (first payload byte).
+    pub(crate) base: Option<Seq>,
+    /// Flags of the SYN this side sent (SYN or SYN|ACK).
+    pub(crate) syn: Option<TcpFlags>,
+    /// Stream offset of this side's FIN.
+    pub(crate) fin_at: Option<u64>,
+    /// Stream offset of this side's RST.
+    pub(crate) rst_at: Option<u64>,
+    /// Highest acknowledgement this side sent.
+    pub(crate) max_ack: Option<Seq>,
+    /// Last raw window this side advertised.
+    pub(crate) window: Option<u16>,
+    /// The sequence number after the furthest byte (or FIN) this side sent.
+    pub(crate) next_seq: Option<crate::seq::Seq>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TcpConn {
+    pub(crate) sides: [TcpSideState; 2],
+    /// Both sides' reassemblers; their fronts are always equal (the matched offset).
+    pub(crate) streams: [StreamReassembler; 2],
+    /// The client's FIN was seen (only when the shell feeds client frames).
+    pub(crate) client_fin: bool,
+    /// The client's RST was seen (likewise).
+    pub(crate) client_rst: bool,
+}
+
+impl TcpConn {
+    /// Start a new epoch: the secondary is now a copy of the primary, so it shares the
+    /// primary's sequence space and control state, and both streams restart where the
+    /// primary's output ended. Returns how many secondary bytes were discarded.
+    pub(crate) fn start_epoch(&mut self) -> u64 {
+        let [primary, secondary] = &mut self.streams;
+        let discarded = secondary.buffered_bytes() as u64;
+        // Restart at the primary's send position, which also covers what it sent
+        // while comparison was off (pass-through), in the same offset space so that
+        // recorded FIN/RST offsets stay valid.
+        let mut front = primary.highest_end();
+        if let (Some(base), Some(next)) = (self.sides[0].base, self.sides[0].next_seq) {
+            let at = primary.front();
+            let ahead = next.diff(base.add(at as u32));
+            front = front.max(at.saturating_add_signed(ahead));
+        }
+        primary.reset(front);
+        secondary.reset(front);
+        self.sides[1] = self.sides[0].clone();
+        discarded
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DatagramConn {
+    /// Secondary datagrams not yet matched: compare header and body.
+    pub(crate) secondary: VecDeque<(DatagramMeta, Bytes)>,
+    /// Datagrams matched in this epoch (the index of the next one).
+    pub(crate) index: u64,
+}
+
+impl DatagramConn {
+    /// Start a new epoch; returns how many secondary datagrams were discarded.
+    pub(crate) fn start_epoch(&mut self) -> u64 {
+        let n = self.secondary.len() as u64;
+        self.secondary.clear();
+        self.index = 0;
+        n
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Proto {
+    Tcp(Box<TcpConn>),
+    Datagram(DatagramConn),
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) key: ConnKey,
+    pub(crate) proto: Proto,
+    pub(crate) held: VecDeque<HeldFrame>,
+    /// Bytes of held primary frames.
+    pub(crate) held_bytes: usize,
+    /// Bytes in secondary datagram queues or reassembly buffers (both sides).
+    pub(crate) buffered_bytes: usize,
+    /// The streams diverged: compare nothing more until the checkpoint.
+    pub(crate) diverged: bool,
+    /// Since when secondary output has been waiting unmatched.
+    pub(crate) secondary_pending_since: Option<Instant>,
+    pub(crate) last_seen: Instant,
+    /// Deadline of this connection's current entry in the timer heap.
+    pub(crate) armed_at: Option<Instant>,
+    pub(crate) in_quiescent_queue: bool,
+    /// A limit event was already reported for this connection in this epoch.
+    pub(crate) limit_reported: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(key: ConnKey, proto: Proto, now: Instant) -> Self {
+        Self {
+            key,
+            proto,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            buffered_bytes: 0,
+            diverged: false,
+            secondary_pending_since: None,
+            last_seen: now,
+            armed_at: None,
+            in_quiescent_queue: false,
+            limit_reported: false,
+        }
+    }
+
+    /// Nothing held, nothing pending: the connection could be forgotten without loss.
+    pub(crate) fn is_quiescent(&self) -> bool {
+        self.held.is_empty() && self.secondary_pending_since.is_none() && !self.diverged
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.held_bytes + self.buffered_bytes
+    }
+
+    pub(crate) fn tcp(&mut self) -> Option<&mut TcpConn> {
+        match &mut self.proto {
+            Proto::Tcp(t) => Some(t),
+            Proto::Datagram(_) => None,
+        }
+    }
+}
