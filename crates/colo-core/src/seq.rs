@@ -31,16 +31,18 @@ impl Seq {
         self.0.wrapping_sub(other.0).cast_signed() as i64
     }
 
-    /// `self` comes strictly before `other`.
+    /// `self` comes strictly before `other`. False for values exactly 2^31 apart,
+    /// which are unordered.
     #[must_use]
     pub const fn before(self, other: Self) -> bool {
-        self.diff(other) < 0
+        let d = self.diff(other);
+        d < 0 && d != i32::MIN as i64
     }
 
     /// `self` comes strictly after `other`.
     #[must_use]
     pub const fn after(self, other: Self) -> bool {
-        self.diff(other) > 0
+        other.before(self)
     }
 
     /// The later of two sequence numbers (by wrapping order).
@@ -96,6 +98,6 @@ mod tests {
         let a = Seq(0);
         let b = Seq(1 << 31);
         assert_eq!(a.partial_cmp(&b), None);
-        assert!(!a.before(b) || !b.before(a));
+        assert!(!a.before(b) && !b.before(a) && !a.after(b));
     }
 }
