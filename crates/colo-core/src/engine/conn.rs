@@ -67,6 +67,11 @@ pub(crate) struct TcpConn {
     pub(crate) client_fin: bool,
     /// The client's RST was seen (likewise).
     pub(crate) client_rst: bool,
+    /// Secondary segments that arrived before the primary showed the stream origin
+    /// (shared sequence space only); replayed once it is known.
+    pub(crate) parked: Vec<(Frame, crate::classify::TcpMeta)>,
+    /// Bytes of `parked` frames.
+    pub(crate) parked_bytes: usize,
 }
 
 impl TcpConn {
@@ -75,7 +80,9 @@ impl TcpConn {
     /// primary's output ended. Returns how many secondary bytes were discarded.
     pub(crate) fn start_epoch(&mut self) -> u64 {
         let [primary, secondary] = &mut self.streams;
-        let discarded = secondary.buffered_bytes() as u64;
+        let discarded = (secondary.buffered_bytes() + self.parked_bytes) as u64;
+        self.parked.clear();
+        self.parked_bytes = 0;
         // Restart at the primary's send position, which also covers what it sent
         // while comparison was off (pass-through), in the same offset space so that
         // recorded FIN/RST offsets stay valid.

@@ -186,7 +186,10 @@ impl Engine {
         };
         let before = self.table.get(slot).map_or(0, Conn::bytes);
         match classified.l4 {
-            L4::Tcp(meta) => self.tcp_frame(slot, side, frame, &meta),
+            L4::Tcp(meta) => {
+                self.stats.tcp_payload_in[s] += meta.payload_len() as u64;
+                self.tcp_frame(slot, side, frame, &meta);
+            }
             L4::Datagram(meta) => self.datagram_frame(slot, side, frame, meta),
         }
         self.after_activity(slot, before);
@@ -287,6 +290,8 @@ impl Engine {
                 ],
                 client_fin: false,
                 client_rst: false,
+                parked: Vec::new(),
+                parked_bytes: 0,
             }))
         } else {
             Proto::Datagram(DatagramConn::default())
@@ -397,7 +402,9 @@ impl Engine {
         };
         conn.last_seen = self.now;
         if let Proto::Tcp(tcp) = &conn.proto {
-            conn.buffered_bytes = tcp.streams[0].buffered_bytes() + tcp.streams[1].buffered_bytes();
+            conn.buffered_bytes = tcp.streams[0].buffered_bytes()
+                + tcp.streams[1].buffered_bytes()
+                + tcp.parked_bytes;
         }
         let after = conn.bytes();
         self.total_bytes = (self.total_bytes + after).saturating_sub(bytes_before);

@@ -19,7 +19,6 @@ const EXCERPT: usize = 16;
 impl Engine {
     pub(super) fn tcp_frame(&mut self, slot: u32, side: Side, frame: Frame, t: &TcpMeta) {
         let s = side.index();
-        self.stats.tcp_payload_in[s] += t.payload_len() as u64;
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
@@ -43,6 +42,19 @@ impl Engine {
             return;
         };
         let syn = t.flags.contains(TcpFlags::SYN);
+        if side == Side::Secondary
+            && alignment == SeqAlignment::Shared
+            && tcp.sides[0].base.is_none()
+            && !(syn && t.payload_len() == 0)
+        {
+            // Only the primary defines the origin of the shared sequence space: a
+            // secondary segment cannot be placed before the primary has been seen.
+            tcp.parked_bytes += frame.data.len();
+            tcp.parked.push((frame, t.clone()));
+            let now = self.now;
+            set_pending(conn, true, now);
+            return;
+        }
         learn_origin(tcp, side, t, alignment);
         let base = tcp.sides[s].base.unwrap_or(t.seq);
         let payload_seq = if syn { t.seq.add(1) } else { t.seq };
@@ -135,6 +147,24 @@ impl Engine {
         self.compare_tcp(slot);
         self.release_tcp(slot);
         self.update_secondary_pending(slot);
+        if side == Side::Primary {
+            self.replay_parked(slot);
+        }
+    }
+
+    /// Feed parked secondary segments now that the primary has set the origin.
+    fn replay_parked(&mut self, slot: u32) {
+        let Some(tcp) = self.table.get_mut(slot).and_then(Conn::tcp) else {
+            return;
+        };
+        if tcp.parked.is_empty() || tcp.sides[0].base.is_none() {
+            return;
+        }
+        let parked = core::mem::take(&mut tcp.parked);
+        tcp.parked_bytes = 0;
+        for (frame, meta) in parked {
+            self.tcp_frame(slot, Side::Secondary, frame, &meta);
+        }
     }
 
     /// Compare both sides' contiguous bytes and consume the matching prefix.
@@ -261,6 +291,7 @@ impl Engine {
         let Proto::Tcp(tcp) = &conn.proto else { return };
         let [p, s] = &tcp.sides;
         let pending = tcp.streams[1].buffered_bytes() > 0
+            || !tcp.parked.is_empty()
             || s.fin_at.is_some() && p.fin_at.is_none()
             || s.rst_at.is_some() && p.rst_at.is_none()
             || s.syn.is_some() && p.syn.is_none();
