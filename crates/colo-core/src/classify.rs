@@ -2,7 +2,7 @@
 //! flow it belongs to and the fields the engine and the rewriter work on.
 //!
 //! Classification never fails: a frame that cannot be parsed, or whose lengths do
-//! not add up, becomes [`L4::Raw`] on the [`FlowProto::Unparsed`] flow of its VLAN,
+//! not add up, becomes an [`L4::Datagram`] on the [`FlowProto::Unparsed`] flow of its VLAN,
 //! and is then compared byte for byte. Nothing is ever released unchecked.
 
 use core::ops::Range;

@@ -214,18 +214,8 @@ proptest! {
     ) {
         let frames: Vec<Frame> = frames.into_iter().map(Frame::ethernet).collect();
         let (mut e, mut run) = feed(&frames, &frames[..frames.len() / 2], &order);
-        e.handle_checkpoint_done(Instant::from_secs_for_test());
+        e.handle_checkpoint_done(Instant::from_millis(10_000));
         drain(&mut e, &mut run);
         prop_assert_eq!(run.released.len(), frames.len());
-    }
-}
-
-trait TestInstant {
-    fn from_secs_for_test() -> Self;
-}
-
-impl TestInstant for Instant {
-    fn from_secs_for_test() -> Self {
-        Instant::from_millis(10_000)
     }
 }

@@ -7,10 +7,6 @@ use bytes::BytesMut;
 use crate::classify::classify;
 use crate::frame::Frame;
 
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum field holds only the pseudo-header
-/// sum and the device completes it, so it must not be updated.
-const NEEDS_CSUM: u8 = 0x01;
-
 /// The frame with its TCP window lowered to `window`, or `None` if it is not TCP or
 /// already advertises no more than that.
 pub(crate) fn clamp(frame: &Frame, window: u16) -> Option<Frame> {
@@ -19,10 +15,9 @@ pub(crate) fn clamp(frame: &Frame, window: u16) -> Option<Frame> {
         return None;
     }
     let vnet = usize::try_from(frame.vnet_hdr_len).ok()?;
-    let partial = frame
-        .vnet_header()
-        .first()
-        .is_some_and(|f| f & NEEDS_CSUM != 0);
+    // With NEEDS_CSUM the field holds only the pseudo-header sum and the device
+    // completes it over the rewritten header: leave it alone.
+    let partial = crate::checksum::vnet_needs_csum(frame.vnet_header());
     let mut data = BytesMut::from(&frame.data[..]);
     let at = vnet + tcp.tcp_offset;
     data[at + 14..at + 16].copy_from_slice(&window.to_be_bytes());

@@ -1,1 +1,0 @@
-//! rewrite (in progress)
