@@ -63,7 +63,12 @@ impl Engine {
         // streams longer than 2^31 bytes never confuse the wrapping arithmetic.
         let front = tcp.streams[s].front();
         let front_seq = base.add(front as u32);
-        let start = front as i64 + payload_seq.diff(front_seq);
+        let mut start = front as i64 + payload_seq.diff(front_seq);
+        // A FIN takes a sequence number but no stream byte: whatever follows it
+        // (the final ACK) sits at the FIN's offset, not one past the stream's end.
+        if let Some(fin) = tcp.sides[s].fin_at {
+            start = start.min(fin as i64);
+        }
         let payload = &frame.ethernet_bytes()[t.payload.clone()];
         let end = start + payload.len() as i64;
         let end_u = end.max(0) as u64;

@@ -593,3 +593,25 @@ fn window_clamp_rewrites_window_and_checksum() {
     assert_eq!(tcp.checksum(), want);
     assert_eq!(e.stats().window_clamped, 1);
 }
+
+#[test]
+fn final_ack_after_fin_is_released() {
+    // The VM closes first; its last ACK (for the client's FIN) carries seq = FIN + 1.
+    let mut e = Engine::new(EngineConfig::default());
+    let (mut p, mut s) = pair(1);
+    let frames = [p.data(b"bye"), p.fin(), p.ack_to(5001)];
+    for f in &frames {
+        e.handle_frame(ms(0), Side::Primary, f.clone());
+    }
+    for f in [s.data(b"bye"), s.fin(), s.ack_to(5001)] {
+        e.handle_frame(ms(0), Side::Secondary, f);
+    }
+    let d = drain(&mut e);
+    assert_eq!(d.released, frames.to_vec());
+    assert_eq!(e.stats().held_frames, 0);
+    e.handle_timeout(ms(3000));
+    assert!(
+        drain(&mut e).requests.is_empty(),
+        "nothing left to time out"
+    );
+}
