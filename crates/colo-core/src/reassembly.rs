@@ -192,6 +192,18 @@ impl StreamReassembler {
         }
     }
 
+    /// Advances an empty reassembler's front by `n` bytes that were compared without
+    /// being stored (the other side already held them). Does nothing unless the
+    /// reassembler holds nothing (`buffered_bytes() == 0`); returns whether it moved.
+    pub fn skip_empty(&mut self, n: usize) -> bool {
+        if self.buf.len() != self.head {
+            return false;
+        }
+        self.front = self.front.saturating_add(to_u64(n));
+        self.highest_end = self.highest_end.max(self.front);
+        true
+    }
+
     /// Offers `data` at stream offset `offset`.
     ///
     /// Bytes before [`front`](Self::front) are stale and ignored. Bytes that overlap data

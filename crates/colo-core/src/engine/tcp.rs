@@ -79,9 +79,28 @@ impl Engine {
                 .unwrap_or(usize::MAX)
                 .min(payload.len());
             self.stats.stale_bytes[s] += skip as u64;
-            let rest = &payload[skip..];
+            let mut rest = &payload[skip..];
+            let mut at = start.max(0) as u64;
+            // Fast path: nothing held on this side and the segment starts at the front:
+            // compare it in place against what the other side holds, so matched bytes
+            // are copied once per pair instead of once per side.
+            let [first, second] = &mut tcp.streams;
+            let (mine, other) = if s == 0 {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            if at == mine.front() && mine.buffered_bytes() == 0 {
+                let n = other.contiguous().len().min(rest.len());
+                if n > 0 && other.contiguous()[..n] == rest[..n] && mine.skip_empty(n) {
+                    other.consume(n);
+                    self.stats.bytes_matched += n as u64;
+                    rest = &rest[n..];
+                    at += n as u64;
+                }
+            }
             if !rest.is_empty() {
-                match tcp.streams[s].insert(start.max(0) as u64, rest) {
+                match tcp.streams[s].insert(at, rest) {
                     Ok(inserted) => self.stats.stale_bytes[s] += inserted.stale_bytes as u64,
                     Err(ReassemblyError::Conflict {
                         offset,
