@@ -39,6 +39,59 @@ pub(crate) struct HeldFrame {
     pub(crate) need: Need,
 }
 
+/// A connection's held primary frames, oldest first. The oldest is stored inline, so a
+/// connection that holds at most one frame at a time (lockstep traffic, small
+/// request/response exchanges) never allocates; more spill into a `VecDeque`, whose
+/// buffer [`HeldQueue::trim`] gives back once the connection has gone quiet.
+#[derive(Debug, Default)]
+pub(crate) struct HeldQueue {
+    /// The oldest frame. `None` only when the queue is empty.
+    head: Option<HeldFrame>,
+    /// The frames after `head`.
+    rest: VecDeque<HeldFrame>,
+}
+
+impl HeldQueue {
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    pub(crate) fn front(&self) -> Option<&HeldFrame> {
+        self.head.as_ref()
+    }
+
+    pub(crate) fn push_back(&mut self, frame: HeldFrame) {
+        if self.head.is_none() {
+            debug_assert!(self.rest.is_empty());
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<HeldFrame> {
+        let head = self.head.take()?;
+        self.head = self.rest.pop_front();
+        Some(head)
+    }
+
+    /// Remove every frame, oldest first.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = HeldFrame> + '_ {
+        self.head.take().into_iter().chain(self.rest.drain(..))
+    }
+
+    /// Free the spill buffer if it is empty.
+    pub(crate) fn trim(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
 /// One side's view of a TCP stream's control events.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TcpSideState {
@@ -117,9 +170,12 @@ impl DatagramConn {
     }
 }
 
+/// `TcpConn` is stored inline (not boxed): one allocation and one dependent cache miss
+/// fewer per TCP frame; datagram connections pay the larger slab entry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Proto {
-    Tcp(Box<TcpConn>),
+    Tcp(TcpConn),
     Datagram(DatagramConn),
 }
 
@@ -127,7 +183,7 @@ pub(crate) enum Proto {
 pub(crate) struct Conn {
     pub(crate) key: ConnKey,
     pub(crate) proto: Proto,
-    pub(crate) held: VecDeque<HeldFrame>,
+    pub(crate) held: HeldQueue,
     /// Bytes of held primary frames.
     pub(crate) held_bytes: usize,
     /// Bytes in secondary datagram queues or reassembly buffers (both sides).
@@ -149,7 +205,7 @@ impl Conn {
         Self {
             key,
             proto,
-            held: VecDeque::new(),
+            held: HeldQueue::default(),
             held_bytes: 0,
             buffered_bytes: 0,
             diverged: false,
@@ -168,6 +224,28 @@ impl Conn {
 
     pub(crate) fn bytes(&self) -> usize {
         self.held_bytes + self.buffered_bytes
+    }
+
+    /// Give back heap memory kept for reuse (empty queue and reassembly buffers). For
+    /// connections that have gone quiet: doing it on every release would cost an
+    /// allocation per frame.
+    pub(crate) fn trim(&mut self) {
+        self.held.trim();
+        match &mut self.proto {
+            Proto::Tcp(tcp) => {
+                for stream in &mut tcp.streams {
+                    stream.shrink_to_fit();
+                }
+                if tcp.parked.is_empty() {
+                    tcp.parked = Vec::new();
+                }
+            }
+            Proto::Datagram(dg) => {
+                if dg.secondary.is_empty() {
+                    dg.secondary = VecDeque::new();
+                }
+            }
+        }
     }
 
     pub(crate) fn tcp(&mut self) -> Option<&mut TcpConn> {

@@ -282,7 +282,7 @@ impl Engine {
         }
         let proto = if key.flow.proto == FlowProto::Tcp {
             let limit = self.config.max_conn_bytes;
-            Proto::Tcp(Box::new(TcpConn {
+            Proto::Tcp(TcpConn {
                 sides: Default::default(),
                 streams: [
                     StreamReassembler::new(0, limit),
@@ -292,7 +292,7 @@ impl Engine {
                 client_rst: false,
                 parked: Vec::new(),
                 parked_bytes: 0,
-            }))
+            })
         } else {
             Proto::Datagram(DatagramConn::default())
         };
@@ -492,10 +492,19 @@ impl Engine {
         let Some(conn) = self.table.get(slot) else {
             return;
         };
-        if conn.is_quiescent() && conn.last_seen + self.expiry_timeout(conn) <= self.now {
-            self.table.remove(slot);
-            self.stats.connections_expired += 1;
-            return;
+        if conn.is_quiescent() {
+            if conn.last_seen + self.expiry_timeout(conn) <= self.now {
+                self.table.remove(slot);
+                self.stats.connections_expired += 1;
+                return;
+            }
+            // Quiet when its timer came due (at most `compare_timeout` after it last
+            // held anything): give back the buffers kept for reuse. An active
+            // connection reaches this once per timer period at most, so the
+            // reallocation this may cost it later is negligible.
+            if let Some(conn) = self.table.get_mut(slot) {
+                conn.trim();
+            }
         }
         self.schedule(slot);
     }
@@ -509,7 +518,7 @@ impl Engine {
             let Some(conn) = self.table.get_mut(slot) else {
                 continue;
             };
-            flushed.extend(conn.held.drain(..));
+            flushed.extend(conn.held.drain());
             let discarded = match &mut conn.proto {
                 Proto::Tcp(tcp) => tcp.start_epoch(),
                 Proto::Datagram(dg) => dg.start_epoch(),

@@ -1,16 +1,21 @@
-//! The connection table: a slab of connections indexed by a hashbrown map, a
-//! min-heap of per-connection deadlines, and a FIFO of eviction candidates.
+//! The connection table: a slab of connections indexed by a hashbrown table of slot
+//! numbers, a min-heap of per-connection deadlines, and a FIFO of eviction candidates.
+//!
+//! The index stores only the 4-byte slot number; keys are compared (and rehashed when
+//! the index grows) through the slab, so at a million connections the index is about
+//! 10 MB and stays in cache, and a lookup touches the slab entry it needs anyway.
 //!
 //! Every structure is amortised O(1) or O(log n) per frame; nothing ever walks the
 //! whole table except a checkpoint flush (QEMU walks every connection on every
 //! timer tick).
 
+use core::hash::{BuildHasher, Hasher};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::flow::{FlowDir, FlowKey};
+use crate::flow::{FlowDir, FlowKey, FlowProto};
 use crate::time::Instant;
 
 use super::conn::Conn;
@@ -30,11 +35,53 @@ pub(crate) struct ConnRef {
     pub(crate) generation: u32,
 }
 
+impl ConnKey {
+    /// The key as six words, for hashing: the four address halves, the ports and VLAN
+    /// ids, the protocol and direction. (Equality still compares the whole key.)
+    fn words(&self) -> [u64; 6] {
+        let half = |a: &[u8; 16], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&a[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let f = &self.flow;
+        let proto: u64 = match f.proto {
+            FlowProto::Tcp => 0,
+            FlowProto::Udp => 1,
+            FlowProto::Icmp => 2,
+            FlowProto::Arp => 3,
+            FlowProto::Unparsed => 4,
+            FlowProto::OtherIp(p) => 0x100 | u64::from(p),
+            FlowProto::Ethertype(t) => 0x1_0000 | u64::from(t),
+        };
+        [
+            half(&f.lo.addr, 0),
+            half(&f.lo.addr, 1),
+            half(&f.hi.addr, 0),
+            half(&f.hi.addr, 1),
+            u64::from(f.lo.port) << 48
+                | u64::from(f.hi.port) << 32
+                | u64::from(f.vlan[0]) << 16
+                | u64::from(f.vlan[1]),
+            proto << 1 | u64::from(self.dir == FlowDir::HiToLo),
+        ]
+    }
+}
+
+/// One slab slot: a connection, or nothing, and the slot's generation (bumped when its
+/// connection is removed, so stale [`ConnRef`]s are recognised).
+#[derive(Debug, Default)]
+struct Entry {
+    conn: Option<Conn>,
+    generation: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ConnTable {
-    map: HashMap<ConnKey, u32>,
-    slots: Vec<Option<Conn>>,
-    generations: Vec<u32>,
+    /// Slot numbers, hashed by their connection's key.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    slots: Vec<Entry>,
     free: Vec<u32>,
     /// Per-connection wake-ups: (deadline, connection). Stale entries are skipped
     /// when popped (see [`Conn::armed_at`]).
@@ -43,55 +90,93 @@ pub(crate) struct ConnTable {
     quiescent: VecDeque<ConnRef>,
 }
 
+fn hash_key(hasher: &DefaultHashBuilder, key: &ConnKey) -> u64 {
+    let mut h = hasher.build_hasher();
+    for w in key.words() {
+        h.write_u64(w);
+    }
+    h.finish()
+}
+
 impl ConnTable {
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     pub(crate) fn lookup(&self, key: &ConnKey) -> Option<u32> {
-        self.map.get(key).copied()
+        let slots = &self.slots;
+        self.index
+            .find(hash_key(&self.hasher, key), |&s| {
+                slots[s as usize]
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.key == *key)
+            })
+            .copied()
     }
 
     pub(crate) fn get(&self, slot: u32) -> Option<&Conn> {
-        self.slots.get(slot as usize).and_then(Option::as_ref)
+        self.slots.get(slot as usize).and_then(|e| e.conn.as_ref())
     }
 
     pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut Conn> {
-        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(|e| e.conn.as_mut())
     }
 
     /// Resolve a possibly stale reference.
     pub(crate) fn resolve(&self, r: ConnRef) -> Option<u32> {
-        (self.generations.get(r.slot as usize) == Some(&r.generation) && self.get(r.slot).is_some())
+        self.slots
+            .get(r.slot as usize)
+            .is_some_and(|e| e.generation == r.generation && e.conn.is_some())
             .then_some(r.slot)
     }
 
     pub(crate) fn conn_ref(&self, slot: u32) -> ConnRef {
         ConnRef {
             slot,
-            generation: self.generations[slot as usize],
+            generation: self.slots[slot as usize].generation,
         }
     }
 
     pub(crate) fn insert(&mut self, key: ConnKey, conn: Conn) -> u32 {
         let slot = if let Some(slot) = self.free.pop() {
-            self.slots[slot as usize] = Some(conn);
+            self.slots[slot as usize].conn = Some(conn);
             slot
         } else {
             let slot = u32::try_from(self.slots.len()).expect("more than 2^32 connections");
-            self.slots.push(Some(conn));
-            self.generations.push(0);
+            self.slots.push(Entry {
+                conn: Some(conn),
+                generation: 0,
+            });
             slot
         };
-        self.map.insert(key, slot);
+        let Self {
+            index,
+            hasher,
+            slots,
+            ..
+        } = self;
+        index.insert_unique(hash_key(hasher, &key), slot, |&s| {
+            slots[s as usize]
+                .conn
+                .as_ref()
+                .map_or(0, |c| hash_key(hasher, &c.key))
+        });
         slot
     }
 
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Conn> {
-        let conn = self.slots.get_mut(slot as usize)?.take()?;
-        self.map.remove(&conn.key);
-        let g = &mut self.generations[slot as usize];
-        *g = g.wrapping_add(1);
+        let entry = self.slots.get_mut(slot as usize)?;
+        let conn = entry.conn.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        if let Ok(found) = self
+            .index
+            .find_entry(hash_key(&self.hasher, &conn.key), |&s| s == slot)
+        {
+            found.remove();
+        }
         self.free.push(slot);
         Some(conn)
     }
@@ -161,7 +246,7 @@ impl ConnTable {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.is_some())
+            .filter(|(_, e)| e.conn.is_some())
             .map(|(i, _)| i as u32)
     }
 }

@@ -615,3 +615,44 @@ fn final_ack_after_fin_is_released() {
         "nothing left to time out"
     );
 }
+
+#[test]
+fn quiet_connection_is_trimmed_and_keeps_working() {
+    let mut e = Engine::new(EngineConfig::default());
+    let (mut p, mut s) = pair(1);
+    let data = stream(6000);
+    // Three frames held at once: the held queue spills beyond its inline slot.
+    let pf = p.segments(&data, &[1000]);
+    let sf = s.segments(&data, &[1500]);
+    for f in &pf[..3] {
+        e.handle_frame(ms(0), Side::Primary, f.clone());
+    }
+    e.handle_frame(ms(0), Side::Secondary, sf[0].clone());
+    e.handle_frame(ms(0), Side::Secondary, sf[1].clone());
+    assert_eq!(drain(&mut e).released, pf[..3].to_vec());
+    let slot = e.table.slots().next().unwrap();
+    // The timer armed while frames were held comes due while the connection is quiet:
+    // its buffers are given back, and nothing else happens.
+    assert_eq!(e.poll_timeout(), Some(ms(3000)));
+    e.handle_timeout(ms(3000));
+    let d = drain(&mut e);
+    assert!(d.released.is_empty() && d.requests.is_empty() && d.divergences.is_empty());
+    {
+        let conn = e.table.get_mut(slot).unwrap();
+        assert!(conn.is_quiescent());
+        let tcp = conn.tcp().unwrap();
+        assert_eq!(tcp.streams[0].heap_bytes() + tcp.streams[1].heap_bytes(), 0);
+    }
+    assert_eq!(e.stats().connections_active, 1);
+    // The stream goes on where it was.
+    for f in &pf[3..] {
+        e.handle_frame(ms(3001), Side::Primary, f.clone());
+    }
+    for f in &sf[2..] {
+        e.handle_frame(ms(3001), Side::Secondary, f.clone());
+    }
+    let d = drain(&mut e);
+    assert_eq!(d.released, pf[3..].to_vec());
+    assert!(d.requests.is_empty() && d.divergences.is_empty());
+    assert_eq!(e.stats().bytes_matched, 6000);
+}
