@@ -383,53 +383,24 @@ fn classify_etherparse(eth: &[u8]) -> Classified {
                 l4: L4::Datagram(DatagramMeta::new(&[], range_in(eth, udp.payload()))),
             }
         }
-        Some(TransportSlice::Icmpv4(icmp)) => {
-            let rest = icmp.bytes5to8();
-            // Echo request/reply: the identifier separates ping sessions.
-            let id = if matches!(icmp.type_u8(), 0 | 8) {
-                u16::from_be_bytes([rest[0], rest[1]])
-            } else {
-                0
-            };
-            let (a, b) = ep(id);
-            let (key, dir) = FlowKey::new(vlan, FlowProto::Icmp, a, b);
-            let header = [
-                icmp.type_u8(),
-                icmp.code_u8(),
-                rest[0],
-                rest[1],
-                rest[2],
-                rest[3],
-            ];
-            Classified {
-                key,
-                dir,
-                l4: L4::Datagram(DatagramMeta::new(&header, range_in(eth, icmp.payload()))),
-            }
-        }
-        Some(TransportSlice::Icmpv6(icmp)) => {
-            let rest = icmp.bytes5to8();
-            let id = if matches!(icmp.type_u8(), 128 | 129) {
-                u16::from_be_bytes([rest[0], rest[1]])
-            } else {
-                0
-            };
-            let (a, b) = ep(id);
-            let (key, dir) = FlowKey::new(vlan, FlowProto::Icmp, a, b);
-            let header = [
-                icmp.type_u8(),
-                icmp.code_u8(),
-                rest[0],
-                rest[1],
-                rest[2],
-                rest[3],
-            ];
-            Classified {
-                key,
-                dir,
-                l4: L4::Datagram(DatagramMeta::new(&header, range_in(eth, icmp.payload()))),
-            }
-        }
+        Some(TransportSlice::Icmpv4(icmp)) => icmp_datagram(
+            eth,
+            vlan,
+            ep,
+            [icmp.type_u8(), icmp.code_u8()],
+            icmp.bytes5to8(),
+            matches!(icmp.type_u8(), 0 | 8),
+            icmp.payload(),
+        ),
+        Some(TransportSlice::Icmpv6(icmp)) => icmp_datagram(
+            eth,
+            vlan,
+            ep,
+            [icmp.type_u8(), icmp.code_u8()],
+            icmp.bytes5to8(),
+            matches!(icmp.type_u8(), 128 | 129),
+            icmp.payload(),
+        ),
         // IGMP, other protocols and fragments (etherparse leaves `transport` empty for
         // fragmented payloads): compare the IP payload under the protocol number.
         _ => {
@@ -445,6 +416,39 @@ fn classify_etherparse(eth: &[u8]) -> Classified {
                 )),
             }
         }
+    }
+}
+
+/// An ICMP or ICMPv6 message as a datagram: type, code and the rest of the header
+/// must match; for echo request/reply (`echo`) the identifier separates sessions.
+fn icmp_datagram(
+    eth: &[u8],
+    vlan: [u16; 2],
+    endpoints: impl Fn(u16) -> (Endpoint, Endpoint),
+    type_code: [u8; 2],
+    rest: [u8; 4],
+    echo: bool,
+    payload: &[u8],
+) -> Classified {
+    let id = if echo {
+        u16::from_be_bytes([rest[0], rest[1]])
+    } else {
+        0
+    };
+    let (a, b) = endpoints(id);
+    let (key, dir) = FlowKey::new(vlan, FlowProto::Icmp, a, b);
+    let header = [
+        type_code[0],
+        type_code[1],
+        rest[0],
+        rest[1],
+        rest[2],
+        rest[3],
+    ];
+    Classified {
+        key,
+        dir,
+        l4: L4::Datagram(DatagramMeta::new(&header, range_in(eth, payload))),
     }
 }
 
