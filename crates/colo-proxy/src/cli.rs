@@ -3,8 +3,12 @@
 //! Each command's arguments live in their own struct here; the code that runs a
 //! command lives in its own module (`demo`, ...).
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+use crate::compare::endpoint::Endpoint;
 
 /// COLO network proxy: compares the primary and secondary VMs' network output,
 /// releases what matches and asks for a checkpoint when they diverge.
@@ -27,6 +31,141 @@ pub enum Command {
     /// Run a self-contained simulation: a client and two simulated VMs driving the
     /// real compare engine on a simulated clock. No root, VM or network needed.
     Demo(DemoArgs),
+    /// Drop-in for QEMU's colo-compare object: read the primary's and the
+    /// secondary's output (QEMU socket framing), release what matches on the outdev,
+    /// ask for a checkpoint (control socket, Xen notify device) when they diverge.
+    Compare(CompareArgs),
+    /// Send one command to a running proxy's control socket and print the reply.
+    Ctl(CtlArgs),
+    /// Compare two captures (primary and secondary VM) on the compare engine, with
+    /// the capture timestamps as its clock, and explain every divergence.
+    /// Exit codes: 0 identical, 1 diverged, 2 usage error, 3 damaged or unreadable capture.
+    Replay(crate::replay::ReplayArgs),
+}
+
+/// Options of `colo-proxy compare`, named after colo-compare's properties.
+///
+/// An ENDPOINT is `unix:PATH` or `tcp:HOST:PORT`, listening by default (QEMU's
+/// `server=on`); add `,connect` to dial out instead (retried until the peer is up).
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Where the primary VM's output arrives (colo-compare `primary_in`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub primary_in: Endpoint,
+
+    /// Where the secondary VM's output arrives (colo-compare `secondary_in`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub secondary_in: Endpoint,
+
+    /// Where released primary frames go (colo-compare `outdev`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub outdev: Endpoint,
+
+    /// Xen COLO notify channel (colo-compare `notify_dev`): `DO_CHECKPOINT` out,
+    /// `COLO_CHECKPOINT` and `COLO_USERSPACE_PROXY_INIT` in.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub notify_dev: Option<Endpoint>,
+
+    /// Milliseconds a frame may wait unmatched before a checkpoint is requested.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub compare_timeout: u64,
+
+    /// Milliseconds between expiry scans (QEMU's timer period; our deadlines are
+    /// exact, so this only bounds how stale idle expiry may be).
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub expired_scan_cycle: u64,
+
+    /// Primary frames held per connection before a checkpoint is requested (the
+    /// engine's max_held_frames_per_conn; QEMU's default is 1024 and drops silently).
+    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    pub max_queue_size: usize,
+
+    /// Read and write the be32 vnet_hdr_len field on primary_in, secondary_in and
+    /// outdev. Accepts `--vnet-hdr-support`, `--vnet-hdr-support=on|off`.
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
+          default_missing_value = "on", value_parser = parse_on_off)]
+    pub vnet_hdr_support: bool,
+
+    /// Control socket (line-delimited JSON, docs/control-protocol.md): `unix:PATH`
+    /// or a plain path.
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
+    pub control: Option<PathBuf>,
+
+    /// Bytes of released frames buffered for a slow or disconnected outdev; beyond
+    /// it released frames are dropped and counted. Accepts K, M, G suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub outdev_buffer: u64,
+}
+
+impl CompareArgs {
+    /// Checks clap cannot express: the three data endpoints must differ (as QEMU requires).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let eps = [
+            ("--primary-in", &self.primary_in),
+            ("--secondary-in", &self.secondary_in),
+            ("--outdev", &self.outdev),
+        ];
+        for (i, (a, ea)) in eps.iter().enumerate() {
+            for (b, eb) in &eps[i + 1..] {
+                if ea.addr == eb.addr {
+                    anyhow::bail!("{a} and {b} are the same endpoint ({ea}); each needs its own");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of `colo-proxy ctl`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The proxy's control socket: `unix:PATH` or a plain path.
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
+    pub control: PathBuf,
+
+    /// The command to send.
+    #[arg(value_enum)]
+    pub command: CtlCommand,
+}
+
+/// Commands `colo-proxy ctl` can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CtlCommand {
+    /// Print the counters.
+    Stats,
+    /// Tell the proxy the COLO checkpoint has completed.
+    CheckpointDone,
+}
+
+impl CtlCommand {
+    /// The command's name in the control protocol.
+    #[must_use]
+    pub const fn wire_name(self) -> &'static str {
+        match self {
+            Self::Stats => "stats",
+            Self::CheckpointDone => "checkpoint-done",
+        }
+    }
+}
+
+/// `on`/`off` (QEMU style) or `true`/`false`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
+}
+
+/// A control socket path: `unix:PATH` or `PATH`.
+fn parse_control_path(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("unix:").unwrap_or(s);
+    if path.is_empty() || path.contains(',') && path.ends_with(",connect") {
+        return Err(format!("{s:?}: the control socket is unix:PATH"));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Options of `colo-proxy demo`.
@@ -150,6 +289,7 @@ mod tests {
     fn divergence_period_follows_flags() {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
             Ok(Command::Demo(d)) => d.divergence_period(),
+            Ok(other) => panic!("not demo: {other:?}"),
             Err(e) => panic!("{e}"),
         };
         assert_eq!(parse(&["colo-proxy", "demo"]), None);
@@ -163,5 +303,69 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["colo-proxy", "demo", "--diverge-every", "0"]).is_err());
         assert!(Cli::try_parse_from(["colo-proxy", "--log-level", "x=nonsense", "demo"]).is_err());
+    }
+
+    fn compare(args: &[&str]) -> Result<CompareArgs, String> {
+        let mut v = vec!["colo-proxy", "compare"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).map(|c| c.command) {
+            Ok(Command::Compare(a)) => Ok(a),
+            Ok(other) => panic!("not compare: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn compare_options_follow_colo_compare() {
+        let base = [
+            "--primary-in",
+            "unix:/a",
+            "--secondary-in",
+            "tcp:127.0.0.1:9000,connect",
+            "--outdev",
+            "unix:/c",
+        ];
+        let a = compare(&base).unwrap();
+        assert_eq!(a.compare_timeout, 3000);
+        assert_eq!(a.expired_scan_cycle, 1000);
+        assert_eq!(a.max_queue_size, 16_384);
+        assert!(!a.vnet_hdr_support);
+        assert!(a.secondary_in.connect);
+        assert_eq!(a.outdev_buffer, 16 << 20);
+        a.validate().unwrap();
+        for (flag, want) in [
+            (&["--vnet-hdr-support"][..], true),
+            (&["--vnet-hdr-support=on"], true),
+            (&["--vnet-hdr-support=off"], false),
+        ] {
+            let mut v = base.to_vec();
+            v.extend_from_slice(flag);
+            assert_eq!(compare(&v).unwrap().vnet_hdr_support, want, "{flag:?}");
+        }
+        let mut v = base.to_vec();
+        v.extend_from_slice(&["--compare-timeout", "0"]);
+        assert!(compare(&v).is_err(), "0 is rejected, as in QEMU");
+        let mut v = base.to_vec();
+        v.extend_from_slice(&["--control", "unix:/run/x.ctl"]);
+        assert_eq!(
+            compare(&v).unwrap().control,
+            Some(PathBuf::from("/run/x.ctl"))
+        );
+        assert!(compare(&["--primary-in", "unix:/a"]).is_err());
+        let same = compare(&[
+            "--primary-in",
+            "unix:/a",
+            "--secondary-in",
+            "unix:/a",
+            "--outdev",
+            "unix:/c",
+        ])
+        .unwrap();
+        assert!(
+            same.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("same endpoint")
+        );
     }
 }

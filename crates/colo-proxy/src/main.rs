@@ -4,8 +4,11 @@
 //! failed verification), 2 usage error.
 
 mod cli;
+mod compare;
+mod ctl;
 mod demo;
 mod logging;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -18,6 +21,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = logging::init(cli.log_level.as_deref()).and_then(|()| match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Replay(args) => replay::run(args),
     });
     match result {
         Ok(code) => code,

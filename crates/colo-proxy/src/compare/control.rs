@@ -1,0 +1,238 @@
+//! The control socket (`--control unix:PATH`): line-delimited JSON, version 1.
+//! The protocol is documented in `docs/control-protocol.md`.
+//!
+//! Each client gets every event pushed as a line, and may send commands, one JSON
+//! object per line; each command gets exactly one reply line (`"ok": true|false`),
+//! in order. The client tasks only parse and frame; commands are carried out by the
+//! driver, which owns the engine.
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::endpoint::UnixServer;
+
+/// The protocol version this server speaks.
+pub const VERSION: u64 = 1;
+
+/// Longest command line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Events buffered per slow client before it is told it lost some.
+pub const EVENT_BACKLOG: usize = 1024;
+
+/// A command the driver carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// The COLO checkpoint has completed.
+    CheckpointDone,
+    /// Report counters.
+    Stats,
+}
+
+impl Command {
+    /// Every command name, for error messages.
+    pub const NAMES: &'static str = "checkpoint-done, stats";
+}
+
+/// A command with the channel for its reply (the reply object without `v`/`ok`).
+#[derive(Debug)]
+pub struct Request {
+    /// What to do.
+    pub command: Command,
+    /// Where the result goes: fields to add to the success reply, or an error.
+    pub reply: oneshot::Sender<Result<serde_json::Map<String, Value>, String>>,
+}
+
+/// Parse one command line: `Ok(command)`, or the error to reply with.
+pub fn parse_command(line: &str) -> Result<Command, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| {
+        format!("not JSON ({e}); send one object per line, e.g. {{\"v\":1,\"cmd\":\"stats\"}}")
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err("a command is a JSON object, e.g. {\"v\":1,\"cmd\":\"stats\"}".to_owned());
+    };
+    match obj.get("v").and_then(Value::as_u64) {
+        Some(VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "unsupported protocol version {v}; this server speaks v 1"
+            ));
+        }
+        None => return Err("missing \"v\": add \"v\":1 (the protocol version)".to_owned()),
+    }
+    let Some(cmd) = obj.get("cmd").and_then(Value::as_str) else {
+        return Err(format!(
+            "missing \"cmd\" string; commands: {}",
+            Command::NAMES
+        ));
+    };
+    match cmd {
+        "checkpoint-done" => Ok(Command::CheckpointDone),
+        "stats" => Ok(Command::Stats),
+        other => Err(format!(
+            "unknown cmd {other:?}; commands: {}",
+            Command::NAMES
+        )),
+    }
+}
+
+/// Build a reply line (without the newline) from a command's result, echoing the
+/// request's `tag` when it had one.
+fn reply_line(
+    result: Result<serde_json::Map<String, Value>, String>,
+    tag: Option<Value>,
+) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("v".into(), json!(VERSION));
+    match result {
+        Ok(fields) => {
+            obj.insert("ok".into(), json!(true));
+            obj.extend(fields);
+        }
+        Err(e) => {
+            obj.insert("ok".into(), json!(false));
+            obj.insert("error".into(), json!(e));
+        }
+    }
+    if let Some(tag) = tag {
+        obj.insert("tag".into(), tag);
+    }
+    Value::Object(obj).to_string()
+}
+
+/// Accept control clients forever.
+pub async fn serve(
+    server: UnixServer,
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<String>,
+) {
+    loop {
+        match server.listener.accept().await {
+            Ok((stream, _)) => {
+                tracing::debug!("control client connected");
+                tokio::spawn(client(stream, requests.clone(), events.subscribe()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serve one control client until it goes away.
+async fn client(
+    stream: UnixStream,
+    requests: mpsc::Sender<Request>,
+    mut events: broadcast::Receiver<String>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=pos).collect();
+                    let line = String::from_utf8_lossy(&line[..pos]);
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let reply = handle_line(line, &requests).await;
+                    if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                if pending.len() > MAX_LINE {
+                    let reply = reply_line(Err(format!("command line longer than {MAX_LINE} bytes")), None);
+                    let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
+                    return;
+                }
+            }
+            ev = events.recv() => {
+                let line = match ev {
+                    Ok(line) => line,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        json!({"v": VERSION, "event": "events-lost", "count": n}).to_string()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if wr.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Parse a line, have the driver carry it out, and format the reply.
+async fn handle_line(line: &str, requests: &mpsc::Sender<Request>) -> String {
+    let tag = serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v.get("tag").cloned());
+    let command = match parse_command(line) {
+        Ok(c) => c,
+        Err(e) => return reply_line(Err(e), tag),
+    };
+    let (reply, rx) = oneshot::channel();
+    if requests.send(Request { command, reply }).await.is_err() {
+        return reply_line(Err("the proxy is shutting down".into()), tag);
+    }
+    let result = rx
+        .await
+        .unwrap_or_else(|_| Err("the proxy is shutting down".into()));
+    reply_line(result, tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_explains_errors() {
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"stats"}"#),
+            Ok(Command::Stats)
+        );
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"checkpoint-done","tag":7}"#),
+            Ok(Command::CheckpointDone)
+        );
+        assert!(parse_command("stats").unwrap_err().contains("not JSON"));
+        assert!(
+            parse_command(r#"{"cmd":"stats"}"#)
+                .unwrap_err()
+                .contains("missing \"v\"")
+        );
+        assert!(
+            parse_command(r#"{"v":2,"cmd":"stats"}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(
+            parse_command(r#"{"v":1,"cmd":"x"}"#)
+                .unwrap_err()
+                .contains("unknown cmd")
+        );
+        assert!(parse_command(r#"[1]"#).unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn replies_carry_version_ok_and_tag() {
+        let r: Value =
+            serde_json::from_str(&reply_line(Err("bad".into()), Some(json!("a")))).unwrap();
+        assert_eq!(r, json!({"v":1,"ok":false,"error":"bad","tag":"a"}));
+        let mut m = serde_json::Map::new();
+        m.insert("epoch".into(), json!(3));
+        let r: Value = serde_json::from_str(&reply_line(Ok(m), None)).unwrap();
+        assert_eq!(r, json!({"v":1,"ok":true,"epoch":3}));
+    }
+}

@@ -1,0 +1,265 @@
+//! The driver loop: the single task that owns the sans-IO [`Engine`].
+//!
+//! It waits on whichever comes first: a control command, the engine's next deadline
+//! ([`Engine::poll_timeout`]), an event from the I/O tasks (a decoded frame, a peer
+//! change, a notify message) or the shutdown signal. After each it drains
+//! [`Engine::poll_output`]: releases are encoded in the input's framing and queued for
+//! the outdev writer (never awaited, see [`super::outdev`]), checkpoint requests are
+//! logged, pushed to control clients and sent as `DO_CHECKPOINT` on the notify device.
+//!
+//! The clock is tokio's monotonic clock, as microseconds since the driver started.
+
+use std::future::Future;
+
+use bytes::BytesMut;
+use colo_core::codec::encode_frame;
+use colo_core::engine::{Engine, Output};
+use colo_core::{Instant, Side};
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::control::{Command, Request, VERSION};
+use super::input::Event;
+use super::outdev::OutQueue;
+
+/// Everything the driver talks to.
+#[derive(Debug)]
+pub struct Driver {
+    /// The engine.
+    pub engine: Engine,
+    /// Write the vnet_hdr_len field on the outdev.
+    pub vnet_hdr: bool,
+    /// Released frames on their way to the outdev.
+    pub outq: OutQueue,
+    /// Events for control clients (JSON lines).
+    pub events: broadcast::Sender<String>,
+    /// `DO_CHECKPOINT` requests for the notify task, when `--notify-dev` is set.
+    pub notify: Option<mpsc::Sender<()>>,
+    /// When the driver started: `Instant::ZERO`.
+    pub start: tokio::time::Instant,
+    /// Notify messages we did not understand.
+    pub notify_unknown: u64,
+    /// Checkpoint completions, by source (control socket, notify device).
+    pub checkpoint_done_by: [u64; 2],
+    /// Which endpoint roles have a peer now.
+    pub peers: Vec<(&'static str, bool)>,
+}
+
+impl Driver {
+    fn now(&self) -> Instant {
+        let micros = self.start.elapsed().as_micros();
+        Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_micros(at.as_micros())
+    }
+
+    fn event(&self, mut fields: Map<String, Value>, name: &str) {
+        let mut obj = Map::new();
+        obj.insert("v".into(), json!(VERSION));
+        obj.insert("event".into(), json!(name));
+        obj.append(&mut fields);
+        // No receivers is fine: nobody is listening on the control socket.
+        let _ = self.events.send(Value::Object(obj).to_string());
+    }
+
+    /// Run until `shutdown` completes or every input task is gone.
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Event>,
+        mut control: mpsc::Receiver<Request>,
+        shutdown: impl Future<Output = &'static str>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self.engine.poll_timeout().map(|t| self.to_tokio(t));
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+            }));
+            tokio::select! {
+                biased;
+                why = &mut shutdown => {
+                    tracing::info!(signal = why, "shutting down");
+                    break;
+                }
+                Some(req) = control.recv() => {
+                    let result = self.command(req.command);
+                    let _ = req.reply.send(result);
+                }
+                () = sleep, if deadline.is_some() => {
+                    let now = self.now();
+                    self.engine.handle_timeout(now);
+                }
+                ev = inputs.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.handle_event(ev);
+                    // Take what else is ready before draining outputs.
+                    for _ in 0..64 {
+                        match inputs.try_recv() {
+                            Ok(ev) => self.handle_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.drain();
+        }
+        self.shutdown().await;
+    }
+
+    /// Like QEMU's colo-compare finalize: release what is still held, then give the
+    /// outdev a moment to take the queue.
+    async fn shutdown(&mut self) {
+        self.engine.set_pass_through(true);
+        self.drain();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !self.outq.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let out = self.outq.stats();
+        tracing::info!(
+            written = out.written_frames,
+            unsent = out.queued_frames,
+            dropped = out.dropped_frames,
+            "stopped"
+        );
+    }
+
+    fn handle_event(&mut self, ev: Event) {
+        match ev {
+            Event::Frame(side, frame) => {
+                let now = self.now();
+                self.engine.handle_frame(now, side, frame);
+            }
+            Event::Peer { role, up } => {
+                match self.peers.iter_mut().find(|(r, _)| *r == role) {
+                    Some(p) => p.1 = up,
+                    None => self.peers.push((role, up)),
+                }
+                let name = if up {
+                    "peer-connected"
+                } else {
+                    "peer-disconnected"
+                };
+                let mut f = Map::new();
+                f.insert("role".into(), json!(role));
+                self.event(f, name);
+            }
+            Event::NotifyCheckpointDone => {
+                self.checkpoint_done_by[1] += 1;
+                self.checkpoint_done("notify-dev");
+            }
+            Event::NotifyUnknown => self.notify_unknown += 1,
+        }
+    }
+
+    fn checkpoint_done(&mut self, from: &'static str) {
+        let now = self.now();
+        self.engine.handle_checkpoint_done(now);
+        tracing::info!(from, epoch = self.engine.epoch(), "checkpoint done");
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<Map<String, Value>, String> {
+        let mut m = Map::new();
+        match cmd {
+            Command::CheckpointDone => {
+                self.checkpoint_done_by[0] += 1;
+                self.checkpoint_done("control");
+                m.insert("epoch".into(), json!(self.engine.epoch()));
+            }
+            Command::Stats => {
+                m.insert("stats".into(), self.stats_json());
+            }
+        }
+        Ok(m)
+    }
+
+    fn stats_json(&self) -> Value {
+        let s = self.engine.stats();
+        let out = self.outq.stats();
+        let per_reason = |a: &[u64; 7]| {
+            colo_core::engine::CheckpointReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), json!(a[r.index()])))
+                .collect::<Map<String, Value>>()
+        };
+        let side = |a: &[u64; 2]| json!({"primary": a[Side::Primary.index()], "secondary": a[Side::Secondary.index()]});
+        json!({
+            "epoch": self.engine.epoch(),
+            "checkpoint_pending": self.engine.checkpoint_pending(),
+            "frames_in": side(&s.frames_in),
+            "bytes_in": side(&s.bytes_in),
+            "released": {"frames": s.released_frames, "bytes": s.released_bytes,
+                         "by_flush": s.released_by_flush, "unchecked": s.released_unchecked},
+            "held": {"frames": s.held_frames, "bytes": s.held_bytes},
+            "divergences": per_reason(&s.divergences),
+            "checkpoints": {"requested": per_reason(&s.checkpoints_requested),
+                            "coalesced": s.checkpoints_coalesced, "done": s.checkpoints_done},
+            "connections": {"active": s.connections_active, "created": s.connections_created,
+                            "evicted": s.connections_evicted, "expired": s.connections_expired},
+            "outdev": {"queued_frames": out.queued_frames, "queued_bytes": out.queued_bytes,
+                       "written_frames": out.written_frames, "written_bytes": out.written_bytes,
+                       "dropped_frames": out.dropped_frames, "dropped_bytes": out.dropped_bytes},
+            "notify_dev": {"unknown": self.notify_unknown},
+            "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
+        })
+    }
+
+    /// Carry out everything the engine asked for.
+    fn drain(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Release(frame) => {
+                    let mut wire = BytesMut::new();
+                    encode_frame(&frame, self.vnet_hdr, &mut wire);
+                    if !self.outq.push(wire.freeze()) {
+                        let dropped = self.outq.stats().dropped_frames;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(dropped, "outdev buffer full: dropping released frames");
+                        }
+                    }
+                }
+                Output::Divergence(d) => {
+                    tracing::debug!(divergence = %d, "divergence");
+                }
+                Output::RequestCheckpoint(req) => {
+                    let cause = &req.cause;
+                    tracing::info!(id = req.id, reason = %cause.reason(), cause = %cause, "checkpoint requested");
+                    let mut f = Map::new();
+                    f.insert("id".into(), json!(req.id));
+                    f.insert("reason".into(), json!(cause.reason().as_str()));
+                    f.insert(
+                        "flow".into(),
+                        cause
+                            .flow
+                            .as_ref()
+                            .map_or(Value::Null, |k| json!(k.to_string())),
+                    );
+                    f.insert("epoch".into(), json!(cause.epoch));
+                    f.insert("detail".into(), json!(cause.to_string()));
+                    self.event(f, "checkpoint-requested");
+                    if let Some(tx) = &self.notify {
+                        // Full means DO_CHECKPOINTs are already waiting: one more adds nothing.
+                        let _ = tx.try_send(());
+                    }
+                }
+                Output::LimitReached {
+                    limit,
+                    flow,
+                    action,
+                } => {
+                    tracing::warn!(%limit, flow = ?flow.map(|k| k.to_string()), action, "limit reached");
+                    let mut f = Map::new();
+                    f.insert("limit".into(), json!(limit.as_str()));
+                    f.insert(
+                        "flow".into(),
+                        flow.map_or(Value::Null, |k| json!(k.to_string())),
+                    );
+                    f.insert("action".into(), json!(action));
+                    self.event(f, "limit-reached");
+                }
+            }
+        }
+    }
+}

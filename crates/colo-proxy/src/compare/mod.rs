@@ -1,0 +1,127 @@
+//! `colo-proxy compare`: a drop-in for QEMU's `colo-compare` object.
+//!
+//! A thin tokio shell around the sans-IO [`colo_core::engine::Engine`]:
+//! - [`endpoint`]: `unix:PATH` / `tcp:HOST:PORT` endpoints, listening or `,connect`;
+//! - [`input`]: the `primary_in` / `secondary_in` readers (QEMU framing);
+//! - [`outdev`]: the bounded released-frame queue and its writer;
+//! - [`control`]: the JSON-lines control socket;
+//! - [`notify`]: the Xen notify protocol (`--notify-dev`);
+//! - [`driver`]: the single task that owns the engine.
+//!
+//! Everything runs on one current-thread runtime: the engine is single-owner anyway,
+//! and the I/O tasks only frame bytes.
+
+pub mod control;
+pub mod driver;
+pub mod endpoint;
+pub mod input;
+pub mod notify;
+pub mod outdev;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use colo_core::codec::DecoderConfig;
+use colo_core::engine::{Engine, EngineConfig};
+use colo_core::{Duration, Side};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::cli::CompareArgs;
+
+use self::driver::Driver;
+use self::endpoint::{Source, UnixServer};
+use self::outdev::OutQueue;
+
+/// Run `colo-proxy compare` until SIGINT or SIGTERM.
+pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
+    let config = EngineConfig {
+        compare_timeout: Duration::from_millis(args.compare_timeout),
+        expired_scan_cycle: Duration::from_millis(args.expired_scan_cycle),
+        max_held_frames_per_conn: args.max_queue_size,
+        ..EngineConfig::default()
+    };
+    let decoder = DecoderConfig {
+        vnet_hdr: args.vnet_hdr_support,
+        ..DecoderConfig::default()
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+
+    // Bind everything first, so that address errors stop us before anything runs.
+    let primary = Source::bind("primary_in", args.primary_in.clone()).await?;
+    let secondary = Source::bind("secondary_in", args.secondary_in.clone()).await?;
+    let out = Source::bind("outdev", args.outdev.clone()).await?;
+    let notify_src = match &args.notify_dev {
+        Some(ep) => Some(Source::bind("notify_dev", ep.clone()).await?),
+        None => None,
+    };
+    let control = match &args.control {
+        Some(path) => Some(UnixServer::bind(path).context("--control")?),
+        None => None,
+    };
+
+    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
+    let outq = OutQueue::new(usize::try_from(args.outdev_buffer).unwrap_or(usize::MAX));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(input::run(Side::Primary, primary, decoder, in_tx.clone()));
+    tasks.spawn(input::run(
+        Side::Secondary,
+        secondary,
+        decoder,
+        in_tx.clone(),
+    ));
+    tasks.spawn(outdev::run(out, outq.clone(), in_tx.clone()));
+    let notify = notify_src.map(|src| {
+        let (tx, rx) = mpsc::channel(16);
+        tasks.spawn(notify::run(src, rx, in_tx.clone()));
+        tx
+    });
+    if let Some(server) = control {
+        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
+        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
+    }
+    drop(in_tx);
+
+    tracing::info!(
+        compare_timeout_ms = args.compare_timeout,
+        max_queue_size = args.max_queue_size,
+        vnet_hdr_support = args.vnet_hdr_support,
+        "colo-compare running"
+    );
+    let driver = Driver {
+        engine: Engine::new(config),
+        vnet_hdr: args.vnet_hdr_support,
+        outq,
+        events,
+        notify,
+        start: tokio::time::Instant::now(),
+        notify_unknown: 0,
+        checkpoint_done_by: [0; 2],
+        peers: Vec::new(),
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    driver.run(in_rx, ctl_rx, shutdown).await;
+    // Dropping the tasks closes the sockets and removes the Unix socket files.
+    tasks.shutdown().await;
+    Ok(())
+}

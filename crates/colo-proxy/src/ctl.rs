@@ -1,0 +1,54 @@
+//! `colo-proxy ctl`: send one command to a proxy's control socket and print the
+//! reply (pretty JSON). Events the proxy pushes meanwhile are skipped. Exits 1 if
+//! the reply says `"ok": false`.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::cli::CtlArgs;
+
+/// How long to wait for the reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run `colo-proxy ctl`.
+pub fn run(args: &CtlArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.control;
+    let mut stream = UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    let request = json!({"v": 1, "cmd": args.command.wire_name()});
+    writeln!(stream, "{request}").context("cannot send the command")?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .context("no reply from the proxy")?
+            == 0
+        {
+            bail!("the proxy closed the control connection without replying");
+        }
+        let value: Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("the proxy sent something that is not JSON: {line:?}"))?;
+        if value.get("event").is_some() {
+            continue;
+        }
+        // A closed stdout (`| head`) is not an error worth a panic.
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&value)?
+        );
+        return Ok(if value.get("ok") == Some(&Value::Bool(true)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+}

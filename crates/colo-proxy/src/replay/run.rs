@@ -1,0 +1,735 @@
+//! Pass 2: merge the two captures by time and drive the compare engine, then build
+//! the report.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use colo_core::classify::{L4, TcpFlags, classify};
+use colo_core::engine::{
+    CheckpointReason, Divergence, DivergenceKind, Engine, EngineConfig, Output, SeqAlignment,
+};
+use colo_core::flow::{FlowKey, FlowProto};
+use colo_core::{Duration, Frame, Instant, Side};
+
+use super::args::{Clock, ReplayArgs};
+use super::capture::{CaptureError, CaptureReader, normalize};
+use super::context;
+use super::headers::{self, Rewrite};
+use super::index::{self, CaptureIndex, ConnInfo, FastMap, PairedBy, VmOptions, VmSide};
+use super::progress::Progress;
+use super::report::{
+    ConfigReport, ConnReport, InputError, InputReport, OneSided, Report, SCHEMA, SideReport,
+    Summary, VmSideReport, time_str,
+};
+use super::{EXIT_DIVERGED, EXIT_IDENTICAL, EXIT_INPUT};
+
+/// One side's view of a connection's VM output, tracked by the shell (the engine
+/// keeps its own; this one survives the engine forgetting the connection).
+#[derive(Debug, Clone, Default)]
+pub struct Track {
+    /// Stream origin: sequence number of the first payload byte.
+    pub base: Option<u32>,
+    /// Highest stream offset sent.
+    pub end: u64,
+    /// VM frames.
+    pub frames: u64,
+    /// Payload bytes (retransmissions included).
+    pub payload: u64,
+    /// Datagrams (non-TCP flows).
+    pub datagrams: u64,
+    /// Stream offset of the VM's FIN.
+    pub fin_at: Option<u64>,
+    /// Stream offset of the VM's RST.
+    pub rst_at: Option<u64>,
+    /// Frames cut by the snaplen.
+    pub cut: u64,
+}
+
+impl Track {
+    /// Place a TCP segment (as the engine does with `SeqAlignment::PerSideIsn`) and
+    /// return its start offset.
+    pub fn tcp(&mut self, seq: u32, flags: TcpFlags, len: usize) -> i64 {
+        self.frames += 1;
+        self.payload += len as u64;
+        let syn = flags.contains(TcpFlags::SYN);
+        let pseq = if syn { seq.wrapping_add(1) } else { seq };
+        let base = *self.base.get_or_insert(pseq);
+        let rel = i64::from(pseq.wrapping_sub(base.wrapping_add(self.end as u32)) as i32);
+        let start = self.end as i64 + rel;
+        let end = start + len as i64;
+        if end > self.end as i64 {
+            self.end = end as u64;
+        }
+        if flags.contains(TcpFlags::FIN) && self.fin_at.is_none() {
+            self.fin_at = Some(end.max(0) as u64);
+        }
+        if flags.contains(TcpFlags::RST) && self.rst_at.is_none() {
+            self.rst_at = Some(start.max(0) as u64);
+        }
+        start
+    }
+
+    /// `open`, `fin@N` or `rst@N`.
+    #[must_use]
+    pub fn close(&self) -> String {
+        match (self.fin_at, self.rst_at) {
+            (_, Some(r)) => format!("rst@{r}"),
+            (Some(f), None) => format!("fin@{f}"),
+            (None, None) => "open".to_string(),
+        }
+    }
+
+    fn close_kind(&self) -> u8 {
+        match (self.fin_at, self.rst_at) {
+            (_, Some(_)) => 2,
+            (Some(_), None) => 1,
+            (None, None) => 0,
+        }
+    }
+}
+
+/// A connection (or datagram flow) across both captures.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Protocol.
+    pub proto: FlowProto,
+    /// The primary's and the secondary's view (either may be missing).
+    pub info: [Option<ConnInfo>; 2],
+    /// How they were paired.
+    pub paired_by: Option<PairedBy>,
+    /// Secondary → primary rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// The flow key the engine sees.
+    pub engine_key: FlowKey,
+    /// Per side tracking.
+    pub track: [Track; 2],
+    /// The first divergence the engine reported.
+    pub divergence: Option<Divergence>,
+    /// Why the shell stopped feeding it, if it did before a divergence.
+    pub stopped: Option<String>,
+    /// Stream bytes matched when comparison stopped.
+    pub compared_at_stop: Option<u64>,
+}
+
+impl Conn {
+    fn is_stopped(&self) -> bool {
+        self.divergence.is_some() || self.stopped.is_some()
+    }
+}
+
+/// Everything pass 2 produced, for pass 3 and the report.
+#[derive(Debug)]
+pub struct State {
+    /// The connections.
+    pub conns: Vec<Conn>,
+    /// Per capture: flow key → connection.
+    pub maps: [FastMap<FlowKey, usize>; 2],
+    /// Per capture VM side.
+    pub vm: [VmSide; 2],
+    /// Capture time of engine time zero, per capture (ns).
+    pub zero: [u64; 2],
+}
+
+struct Head {
+    number: u64,
+    ts_ns: u64,
+    cut: bool,
+    missing: usize,
+    eth: Vec<u8>,
+}
+
+fn pull(reader: &mut Option<CaptureReader>, err: &mut Option<CaptureError>) -> Option<Head> {
+    let r = reader.as_mut()?;
+    match r.next_packet() {
+        Ok(Some(p)) => {
+            let mut eth = Vec::with_capacity(p.data.len() + 14);
+            let missing = normalize(&p, &mut eth);
+            Some(Head {
+                number: p.number,
+                ts_ns: p.ts_ns,
+                cut: missing.is_some(),
+                missing: missing.unwrap_or(0),
+                eth,
+            })
+        }
+        Ok(None) => {
+            *reader = None;
+            None
+        }
+        Err(e) => {
+            *err = Some(e);
+            *reader = None;
+            None
+        }
+    }
+}
+
+fn vm_options(args: &ReplayArgs, s: usize) -> VmOptions {
+    VmOptions {
+        mac: args.vm_mac.map(|m| m.0[s]),
+        addr: args.vm_addr.map(|a| a.0[s]),
+        port: args.vm_port.map(|p| p.0[s]),
+    }
+}
+
+/// Simulate the checkpoint gate over the first divergences, in time order: one
+/// request outstanding for `duration`, then `min_interval` before the next; later
+/// divergences are folded in or deferred, as `colo_core`'s gate does.
+#[must_use]
+pub fn count_checkpoints(
+    mut divs: Vec<(u64, CheckpointReason)>,
+    duration: u64,
+    min_interval: u64,
+) -> (u64, BTreeMap<&'static str, u64>) {
+    divs.sort_by_key(|d| d.0);
+    let mut count = 0;
+    let mut by = BTreeMap::new();
+    let mut outstanding_until: Option<u64> = None;
+    let mut min_next = 0u64;
+    let mut deferred: Option<u64> = None;
+    for (t, reason) in divs {
+        if let Some(x) = deferred
+            && x <= t
+        {
+            outstanding_until = Some(x + duration);
+            min_next = x + duration + min_interval;
+            deferred = None;
+        }
+        if outstanding_until.is_some_and(|u| t <= u) || deferred.is_some() {
+            continue;
+        }
+        count += 1;
+        *by.entry(reason.as_str()).or_default() += 1;
+        if outstanding_until.is_some() && t < min_next {
+            deferred = Some(min_next);
+        } else {
+            outstanding_until = Some(t + duration);
+            min_next = t + duration + min_interval;
+        }
+    }
+    (count, by)
+}
+
+/// Run the whole replay and build the report. An `Err` means nothing could be read.
+pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, CaptureError> {
+    let started = std::time::Instant::now();
+    let paths = [args.primary.as_path(), args.secondary.as_path()];
+    // Pass 1.
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.stage("pass 1/2 (index)", total);
+    let mut ix: Vec<CaptureIndex> = Vec::new();
+    let mut base = 0;
+    for p in paths {
+        progress.set_base(base);
+        let i = index::index_capture(p, progress)?;
+        base += i.size;
+        ix.push(i);
+    }
+    let vm = [
+        index::decide_vm(&ix[0], &vm_options(args, 0)),
+        index::decide_vm(&ix[1], &vm_options(args, 1)),
+    ];
+    let conns_of = [
+        index::connections(&ix[0], &vm[0]),
+        index::connections(&ix[1], &vm[1]),
+    ];
+    let pairs = index::pair(&conns_of[0], &conns_of[1]);
+
+    let mut warnings = Vec::new();
+    let mut conns = Vec::new();
+    let mut maps: [FastMap<FlowKey, usize>; 2] = [FastMap::default(), FastMap::default()];
+    let mut engine_keys: FastMap<FlowKey, usize> = FastMap::default();
+    let mut no_isn = 0;
+    for (p, s, how) in pairs {
+        let pi = p.map(|i| conns_of[0][i].clone());
+        let si = s.map(|i| conns_of[1][i].clone());
+        let id = conns.len();
+        let engine_key = pi
+            .as_ref()
+            .or(si.as_ref())
+            .map(|c| c.key)
+            .unwrap_or_else(|| unreachable!());
+        let mut rewrite = None;
+        if let (Some(pc), Some(sc)) = (&pi, &si) {
+            let v4 = |e: &colo_core::flow::Endpoint| {
+                e.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+            };
+            let ack_delta = match (pc.client_isn, sc.client_isn) {
+                (Some(a), Some(b)) => a.wrapping_sub(b),
+                _ => {
+                    if pc.key.proto == FlowProto::Tcp {
+                        no_isn += 1;
+                    }
+                    0
+                }
+            };
+            if v4(&pc.vm) == v4(&sc.vm) && (pc.key != sc.key || ack_delta != 0) {
+                rewrite = Some(Rewrite {
+                    src: (pc.vm.addr, pc.vm.port),
+                    dst: (pc.client.addr, pc.client.port),
+                    ack_delta,
+                });
+            }
+        }
+        if let Some(c) = &pi {
+            maps[0].insert(c.key, id);
+        }
+        if let Some(c) = &si {
+            maps[1].insert(c.key, id);
+        }
+        engine_keys.insert(engine_key, id);
+        conns.push(Conn {
+            proto: engine_key.proto,
+            info: [pi, si],
+            paired_by: how,
+            rewrite,
+            engine_key,
+            track: [Track::default(), Track::default()],
+            divergence: None,
+            stopped: None,
+            compared_at_stop: None,
+        });
+    }
+    if no_isn > 0 && !args.no_ack_gate {
+        warnings.push(format!(
+            "{no_isn} paired TCP connection(s) lack the client's handshake in a capture: their \
+             acknowledgement numbers cannot be aligned; if they time out, rerun with --no-ack-gate"
+        ));
+    }
+    let first = [ix[0].first_ts.unwrap_or(0), ix[1].first_ts.unwrap_or(0)];
+    let zero = match args.clock {
+        Clock::Absolute => {
+            let z = first[0].min(first[1]);
+            let gap = first[0].abs_diff(first[1]);
+            if ix[0].first_ts.is_some() && ix[1].first_ts.is_some() && gap > 60_000_000_000 {
+                warnings.push(format!(
+                    "the captures start {}s apart; if their clocks are not synchronised, rerun with --clock relative",
+                    gap / 1_000_000_000
+                ));
+            }
+            [z, z]
+        }
+        Clock::Relative => first,
+    };
+
+    // Pass 2.
+    let config = EngineConfig {
+        compare_timeout: Duration::from_millis(args.compare_timeout),
+        checkpoint_min_interval: Duration::from_millis(args.checkpoint_min_interval),
+        seq_alignment: SeqAlignment::PerSideIsn,
+        ack_gate: !args.no_ack_gate,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    progress.stage("pass 2/2 (compare)", total);
+    let mut readers = [
+        Some(CaptureReader::open(paths[0])?),
+        Some(CaptureReader::open(paths[1])?),
+    ];
+    let mut errs: [Option<CaptureError>; 2] = [None, None];
+    let mut heads = [None, None];
+    for s in 0..2 {
+        heads[s] = pull(&mut readers[s], &mut errs[s]);
+    }
+    let mut counts = [[0u64; 4]; 2]; // vm, client, other, cut
+    let mut first_divs: Vec<(u64, CheckpointReason)> = Vec::new();
+    let mut now = Instant::ZERO;
+    let to_instant = |s: usize, ts: u64| Instant::from_micros(ts.saturating_sub(zero[s]) / 1000);
+    loop {
+        let s = match (&heads[0], &heads[1]) {
+            (None, None) => break,
+            (Some(_), None) => 0,
+            (None, Some(_)) => 1,
+            (Some(a), Some(b)) => {
+                if to_instant(1, b.ts_ns) < to_instant(0, a.ts_ns) {
+                    1
+                } else {
+                    0
+                }
+            }
+        };
+        let Some(head) = heads[s].take() else { break };
+        heads[s] = pull(&mut readers[s], &mut errs[s]);
+        if let Some(r) = &readers[s] {
+            progress.set_base(if s == 1 { ix[0].size } else { 0 });
+            progress.tick(r.position());
+        }
+        let t = to_instant(s, head.ts_ns);
+        now = now.max(t);
+        // Deadlines that passed before this frame, at their own time.
+        let mut guard = 0;
+        while let Some(due) = engine.poll_timeout() {
+            if due > now || guard > 1_000_000 {
+                break;
+            }
+            guard += 1;
+            engine.handle_timeout(due);
+            drain(&mut engine, &mut conns, &engine_keys, &mut first_divs);
+        }
+        feed(
+            &mut engine,
+            &mut conns,
+            &maps[s],
+            &vm[s],
+            s,
+            head,
+            now,
+            &mut counts[s],
+        );
+        drain(&mut engine, &mut conns, &engine_keys, &mut first_divs);
+    }
+    let stats = engine.stats();
+    // Global divergences (no flow) also count for checkpoints.
+    let state = State {
+        conns,
+        maps,
+        vm,
+        zero,
+    };
+
+    // Pass 3: context for divergences.
+    let mut state = state;
+    let details = context::gather(args, &ix, &mut state, progress);
+
+    // Report.
+    let mut connections = Vec::new();
+    let mut summary = Summary {
+        bytes_compared: stats.bytes_matched,
+        datagrams_compared: stats.datagrams_matched,
+        frames_compared: stats.frames_in,
+        ..Summary::default()
+    };
+    for (id, c) in state.conns.iter().enumerate() {
+        let side = |i: usize| {
+            c.info[i].as_ref().map(|ci| SideReport {
+                vm: ci.vm.to_string(),
+                client: ci.client.to_string(),
+                first_packet: ci.first.0,
+                first_time: time_str(ci.first.1),
+                frames: c.track[i].frames,
+                payload_bytes: c.track[i].payload,
+                stream_bytes: c.track[i].end,
+                datagrams: c.track[i].datagrams,
+                close: if c.proto == FlowProto::Tcp {
+                    c.track[i].close()
+                } else {
+                    "-".into()
+                },
+                cut_frames: c.track[i].cut,
+            })
+        };
+        let tcp = c.proto == FlowProto::Tcp;
+        let [tp, ts] = &c.track;
+        let paired = c.info[0].is_some() && c.info[1].is_some();
+        let mut one_sided = None;
+        let mut close_differs = None;
+        let (bytes_compared, datagrams_compared);
+        if tcp {
+            bytes_compared = match &c.divergence {
+                Some(d) => match &d.kind {
+                    DivergenceKind::Payload { offset, .. }
+                    | DivergenceKind::Retransmission { offset, .. } => *offset,
+                    _ => tp.end.min(ts.end),
+                },
+                None => c.compared_at_stop.unwrap_or_else(|| tp.end.min(ts.end)),
+            }
+            .min(tp.end.min(ts.end));
+            datagrams_compared = 0;
+        } else {
+            bytes_compared = 0;
+            datagrams_compared = match &c.divergence {
+                Some(Divergence {
+                    kind: DivergenceKind::Datagram { index, .. },
+                    ..
+                }) => *index,
+                _ => tp.datagrams.min(ts.datagrams),
+            };
+        }
+        if paired && c.divergence.is_none() && c.stopped.is_none() {
+            if tcp && tp.end != ts.end {
+                let (side, bytes) = if tp.end > ts.end {
+                    ("primary", tp.end - ts.end)
+                } else {
+                    ("secondary", ts.end - tp.end)
+                };
+                one_sided = Some(OneSided {
+                    side,
+                    bytes,
+                    datagrams: 0,
+                    from: tp.end.min(ts.end),
+                });
+            } else if !tcp && tp.datagrams != ts.datagrams {
+                let (side, n) = if tp.datagrams > ts.datagrams {
+                    ("primary", tp.datagrams - ts.datagrams)
+                } else {
+                    ("secondary", ts.datagrams - tp.datagrams)
+                };
+                one_sided = Some(OneSided {
+                    side,
+                    bytes: 0,
+                    datagrams: n,
+                    from: tp.datagrams.min(ts.datagrams),
+                });
+            }
+        }
+        if paired && tcp && tp.close_kind() != ts.close_kind() {
+            close_differs = Some([tp.close(), ts.close()]);
+        }
+        let verdict = if !paired {
+            if c.info[0].is_some() {
+                "only_primary"
+            } else {
+                "only_secondary"
+            }
+        } else if c.divergence.is_some() {
+            "diverged"
+        } else if close_differs.is_some() {
+            "close_differs"
+        } else if one_sided.is_some() {
+            "one_sided"
+        } else if c.stopped.is_some() {
+            "incomplete"
+        } else {
+            "identical"
+        };
+        *summary.verdicts.entry(verdict).or_default() += 1;
+        if let Some(d) = &c.divergence {
+            *summary
+                .divergences_by_reason
+                .entry(d.reason().as_str())
+                .or_default() += 1;
+        }
+        connections.push(ConnReport {
+            id: id + 1,
+            proto: proto_name(c.proto),
+            flow: flow_name(c),
+            verdict,
+            paired_by: c.paired_by.map(PairedBy::as_str),
+            primary: side(0),
+            secondary: side(1),
+            bytes_compared,
+            datagrams_compared,
+            divergence: details.get(&id).cloned(),
+            one_sided,
+            close_differs,
+            note: c.stopped.clone(),
+        });
+    }
+    let (checkpoints, by) = count_checkpoints(
+        first_divs,
+        args.checkpoint_duration * 1000,
+        args.checkpoint_min_interval * 1000,
+    );
+    summary.checkpoints = checkpoints;
+    summary.checkpoints_by_reason = by;
+    summary.connections = connections.len();
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    let damaged = ix.iter().any(|i| i.error.is_some()) || errs.iter().any(Option::is_some);
+    let diverged = connections.iter().any(|c| c.verdict != "identical");
+    let result = if damaged {
+        "damaged_input"
+    } else if connections
+        .iter()
+        .any(|c| !matches!(c.verdict, "identical" | "incomplete"))
+    {
+        "diverged"
+    } else if diverged {
+        "incomplete"
+    } else {
+        "identical"
+    };
+    let exit_code = if damaged {
+        EXIT_INPUT
+    } else if diverged {
+        EXIT_DIVERGED
+    } else {
+        EXIT_IDENTICAL
+    };
+    let inputs = (0..2)
+        .map(|s| {
+            let i = &ix[s];
+            let error = i.error.clone().or_else(|| errs[s].clone());
+            InputReport {
+                role: if s == 0 { "primary" } else { "secondary" },
+                path: paths[s].display().to_string(),
+                format: i.format,
+                link_types: i.links.clone(),
+                packets: i.packets,
+                bytes: i.bytes,
+                cut_frames: counts[s][3],
+                vm_side: VmSideReport {
+                    how: state.vm[s].how,
+                    description: state.vm[s].description.clone(),
+                },
+                vm_frames: counts[s][0],
+                client_frames: counts[s][1],
+                other_frames: counts[s][2],
+                first_time: i.first_ts.map(time_str),
+                error: error.map(|e| InputError {
+                    offset: e.offset,
+                    problem: e.problem,
+                }),
+            }
+        })
+        .collect();
+    Ok(Report {
+        schema: SCHEMA,
+        inputs,
+        clock: match args.clock {
+            Clock::Absolute => "absolute",
+            Clock::Relative => "relative",
+        },
+        config: ConfigReport {
+            compare_timeout_ms: args.compare_timeout,
+            checkpoint_min_interval_ms: args.checkpoint_min_interval,
+            checkpoint_duration_ms: args.checkpoint_duration,
+            ack_gate: !args.no_ack_gate,
+        },
+        connections,
+        summary,
+        warnings,
+        result,
+        exit_code,
+    })
+}
+
+fn proto_name(p: FlowProto) -> String {
+    match p {
+        FlowProto::Tcp => "tcp".into(),
+        FlowProto::Udp => "udp".into(),
+        FlowProto::Icmp => "icmp".into(),
+        FlowProto::OtherIp(n) => format!("ip-proto-{n}"),
+        FlowProto::Arp => "arp".into(),
+        FlowProto::Ethertype(t) => format!("ethertype-{t:#06x}"),
+        FlowProto::Unparsed => "unparsed".into(),
+    }
+}
+
+fn flow_name(c: &Conn) -> String {
+    match c.info.iter().flatten().next() {
+        Some(i)
+            if matches!(
+                c.proto,
+                FlowProto::Tcp | FlowProto::Udp | FlowProto::Icmp | FlowProto::OtherIp(_)
+            ) =>
+        {
+            format!("{} <-> {}", i.vm, i.client)
+        }
+        _ => c.engine_key.to_string(),
+    }
+}
+
+/// Feed one packet of capture `s`.
+#[allow(clippy::too_many_arguments)]
+fn feed(
+    engine: &mut Engine,
+    conns: &mut [Conn],
+    map: &FastMap<FlowKey, usize>,
+    vm: &VmSide,
+    s: usize,
+    head: Head,
+    now: Instant,
+    counts: &mut [u64; 4],
+) {
+    let Head {
+        number,
+        cut,
+        missing,
+        mut eth,
+        ..
+    } = head;
+    let c = classify(&eth);
+    let Some(&id) = map.get(&c.key) else {
+        counts[2] += 1;
+        return;
+    };
+    let conn = &mut conns[id];
+    let Some(info) = &conn.info[s] else { return };
+    let non_ip = matches!(
+        c.key.proto,
+        FlowProto::Arp | FlowProto::Ethertype(_) | FlowProto::Unparsed
+    );
+    let from_vm = if non_ip {
+        vm.macs.is_empty() || vm.is_vm_mac(headers::src_mac(&eth))
+    } else {
+        c.dir == info.vm_dir
+    };
+    if !from_vm {
+        counts[1] += 1;
+        if s == 0 && !conn.is_stopped() && !cut {
+            engine.observe_client_frame(now, &Frame::ethernet(eth));
+        }
+        return;
+    }
+    counts[0] += 1;
+    let track = &mut conn.track[s];
+    match &c.l4 {
+        L4::Tcp(t) => {
+            track.tcp(t.seq.0, t.flags, t.payload_len() + missing);
+        }
+        L4::Datagram(_) => {
+            track.frames += 1;
+            track.datagrams += 1;
+        }
+    }
+    if cut {
+        counts[3] += 1;
+        track.cut += 1;
+        if !conn.is_stopped() {
+            let at = conn.track[0].end.min(conn.track[1].end);
+            conn.compared_at_stop = Some(at);
+            conn.stopped = Some(format!(
+                "not compared after packet #{number} of the {} capture: cut by the snaplen",
+                if s == 0 { "primary" } else { "secondary" }
+            ));
+        }
+        return;
+    }
+    if conn.is_stopped() {
+        return;
+    }
+    let side = if s == 0 {
+        Side::Primary
+    } else {
+        Side::Secondary
+    };
+    if s == 1
+        && let Some(rw) = &conn.rewrite
+    {
+        headers::rewrite(&mut eth, rw);
+    }
+    engine.handle_frame(now, side, Frame::ethernet(Bytes::from(eth)));
+}
+
+fn drain(
+    engine: &mut Engine,
+    conns: &mut [Conn],
+    keys: &FastMap<FlowKey, usize>,
+    first_divs: &mut Vec<(u64, CheckpointReason)>,
+) {
+    while let Some(out) = engine.poll_output() {
+        if let Output::Divergence(d) = out {
+            match d.flow.and_then(|f| keys.get(&f)) {
+                Some(&id) => {
+                    let c = &mut conns[id];
+                    if c.is_stopped() {
+                        continue;
+                    }
+                    first_divs.push((d.at.as_micros(), d.reason()));
+                    c.divergence = Some(d);
+                }
+                None => first_divs.push((d.at.as_micros(), d.reason())),
+            }
+        }
+    }
+}
+
+/// The capture time (ns) of an engine instant, on capture `s`'s clock.
+#[must_use]
+pub fn capture_time(zero: &[u64; 2], s: usize, at: Instant) -> u64 {
+    zero[s] + at.as_micros() * 1000
+}

@@ -1,0 +1,291 @@
+//! Helpers shared by the `compare_*` tests: run the built `colo-proxy compare`,
+//! connect to its endpoints, build traffic with `colo_core::sim`, and read and write
+//! QEMU framing.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use colo_core::Frame;
+use colo_core::codec::{DecoderConfig, FrameDecoder, encode_frame};
+use colo_core::sim::{FlowAddrs, TcpSender, Towards, udp_frame};
+use serde_json::Value;
+
+/// A running `colo-proxy compare`, stopped with SIGTERM on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    /// Start `colo-proxy compare` with endpoints in a fresh temp dir. `args` may use
+    /// `{dir}` for that directory.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, args)
+    }
+
+    /// Like [`Proxy::start`] in a given directory.
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        let d = dir.path().display().to_string();
+        let log = dir.path().join("proxy.log");
+        let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+            .args(["--log-level", "info,colo_proxy=debug", "compare"])
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn colo-proxy");
+        Self { child, dir, log }
+    }
+
+    /// A path in the proxy's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Connect to a Unix endpoint the proxy listens on (waits for it to appear).
+    pub fn connect(&mut self, name: &str) -> UnixStream {
+        let path = self.path(name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = UnixStream::connect(&path) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("colo-proxy exited early ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared:\n{}",
+                path.display(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The proxy's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM, then wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("colo-proxy did not stop on SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A control-socket client.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Next line as JSON.
+    pub fn next(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("control read");
+        assert!(n > 0, "control socket closed");
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Next event named `name`, skipping others.
+    pub fn event(&mut self, name: &str) -> Value {
+        loop {
+            let v = self.next();
+            if v["event"] == name {
+                return v;
+            }
+        }
+    }
+
+    /// Send a command and return its reply (events in between are skipped).
+    pub fn command(&mut self, cmd: &str) -> Value {
+        writeln!(self.writer, r#"{{"v":1,"cmd":"{cmd}"}}"#).unwrap();
+        loop {
+            let v = self.next();
+            if v.get("ok").is_some() {
+                return v;
+            }
+        }
+    }
+}
+
+/// Prepend a 10-byte virtio-net header (all zero: no offloads) when `vnet`.
+pub fn with_vnet(frame: Frame, vnet: bool) -> Frame {
+    if !vnet {
+        return frame;
+    }
+    let mut data = vec![0u8; 10];
+    data[0] = 0; // flags
+    data.extend_from_slice(&frame.data);
+    Frame {
+        vnet_hdr_len: 10,
+        data: Bytes::from(data),
+    }
+}
+
+/// VM output for `conns` TCP connections (SYN-ACK, data, FIN) and `datagrams` UDP
+/// datagrams on flow 1000, all IPv4, interleaved flow by flow.
+pub fn traffic(conns: u32, datagrams: u32, vnet: bool) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut senders: Vec<TcpSender> = (0..conns)
+        .map(|i| TcpSender::new(FlowAddrs::v4(i), 1000 + i * 7919, 5000 + i))
+        .collect();
+    for s in &mut senders {
+        out.push(s.syn_ack());
+    }
+    for round in 0..4u32 {
+        for (i, s) in senders.iter_mut().enumerate() {
+            let body = format!(
+                "conn {i} round {round}: {}\n",
+                "x".repeat(100 + round as usize * 50)
+            );
+            out.push(s.data(body.as_bytes()));
+        }
+        for d in 0..datagrams {
+            if d % 4 == round {
+                let p = format!("datagram {d}");
+                out.push(udp_frame(
+                    &FlowAddrs::v4(1000 + d),
+                    Towards::Client,
+                    p.as_bytes(),
+                ));
+            }
+        }
+    }
+    for s in &mut senders {
+        out.push(s.fin());
+    }
+    out.into_iter().map(|f| with_vnet(f, vnet)).collect()
+}
+
+/// The wire bytes of `frames`.
+pub fn wire(frames: &[Frame], vnet: bool) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for f in frames {
+        encode_frame(f, vnet, &mut out);
+    }
+    out.to_vec()
+}
+
+/// Write `bytes` in pseudo-random pieces (1..=97 bytes), pausing now and then so
+/// the pieces arrive as separate reads.
+pub fn write_split(stream: &mut impl std::io::Write, bytes: &[u8], seed: u64) {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut at = 0;
+    let mut n = 0;
+    while at < bytes.len() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = (((x >> 33) % 97) as usize + 1).min(bytes.len() - at);
+        stream.write_all(&bytes[at..at + len]).expect("write");
+        at += len;
+        n += 1;
+        if n % 16 == 0 {
+            stream.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Read `n` frames from `stream`; panics after `timeout`. Returns the frames and the
+/// raw bytes they came in.
+pub fn read_frames(stream: &mut impl std::io::Read, n: usize, vnet: bool) -> (Vec<Frame>, Vec<u8>) {
+    let mut dec = FrameDecoder::new(DecoderConfig {
+        vnet_hdr: vnet,
+        ..DecoderConfig::default()
+    });
+    let mut frames = Vec::new();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    while frames.len() < n {
+        let got = stream
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("reading outdev after {} of {n} frames: {e}", frames.len()));
+        assert!(
+            got > 0,
+            "outdev closed after {} of {n} frames",
+            frames.len()
+        );
+        raw.extend_from_slice(&buf[..got]);
+        dec.push(&buf[..got]);
+        while let Some(f) = dec.poll_frame().expect("outdev framing") {
+            frames.push(f);
+        }
+    }
+    (frames, raw)
+}
+
+/// Read whatever arrives within `wait` (no frame boundary assumed).
+pub fn read_for(stream: &mut UnixStream, wait: Duration) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    out
+}
+
+/// Path helper.
+pub fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
