@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::compare::endpoint::Endpoint;
+use crate::shell::endpoint::Endpoint;
 
 /// COLO network proxy: compares the primary and secondary VMs' network output,
 /// releases what matches and asks for a checkpoint when they diverge.
@@ -35,6 +35,27 @@ pub enum Command {
     /// secondary's output (QEMU socket framing), release what matches on the outdev,
     /// ask for a checkpoint (control socket, Xen notify device) when they diverge.
     Compare(CompareArgs),
+    /// Drop-in for QEMU's filter-rewriter on the secondary host: translates TCP
+    /// sequence numbers between the secondary VM's and the primary's spaces, between
+    /// two pairs of QEMU-framed chardev streams.
+    ///
+    /// QEMU wiring it replaces (secondary host): the primary's filter-mirror feeds
+    /// client traffic to a chardev that filter-redirector `f1` (`indev`) injects into
+    /// the secondary's netdev, where filter-rewriter `rew0` rewrites it on its way to
+    /// the guest; the guest's output passes `rew0` and is stolen by filter-redirector
+    /// `f2` (`outdev`) towards the primary's colo-compare `secondary_in`. With
+    /// colo-proxy rewrite, drop `rew0` and put the proxy on both paths:
+    ///
+    ///   primary filter-mirror outdev -> --to-secondary-in
+    ///   --to-secondary-out -> filter-redirector f1 indev (into the secondary VM)
+    ///   filter-redirector f2 outdev (the secondary VM's output) -> --from-secondary-in
+    ///   --from-secondary-out -> primary colo-compare secondary_in
+    ///
+    /// An ENDPOINT is `unix:PATH` or `tcp:HOST:PORT`, listening by default (QEMU's
+    /// `server=on`); add `,connect` to dial out instead (retried until the peer is up).
+    /// Frames keep their framing (and vnet header) from input to output.
+    #[command(verbatim_doc_comment)]
+    Rewrite(RewriteArgs),
     /// Send one command to a running proxy's control socket and print the reply.
     Ctl(CtlArgs),
     /// Compare two captures (primary and secondary VM) on the compare engine, with
@@ -118,6 +139,68 @@ impl CompareArgs {
     }
 }
 
+/// Options of `colo-proxy rewrite` (see the `Rewrite` command for the wiring).
+#[derive(Debug, Clone, Args)]
+pub struct RewriteArgs {
+    /// Client traffic mirrored from the primary (the primary's filter-mirror
+    /// `outdev`): acknowledgements are moved into the secondary's sequence space.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to_secondary_in: Endpoint,
+
+    /// Where rewritten client traffic goes, towards the secondary VM (the chardev a
+    /// filter-redirector `indev` reads on the secondary's netdev).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to_secondary_out: Endpoint,
+
+    /// The secondary VM's output (a filter-redirector `outdev` on the secondary's
+    /// netdev): sequence numbers are moved into the primary's space.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub from_secondary_in: Endpoint,
+
+    /// Where the rewritten secondary output goes: the primary's colo-compare
+    /// `secondary_in` (or `colo-proxy compare --secondary-in`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub from_secondary_out: Endpoint,
+
+    /// Read and write the be32 vnet_hdr_len field on all four endpoints (QEMU's
+    /// `vnet_hdr_support` on the rewriter and redirectors). Accepts
+    /// `--vnet-hdr-support`, `--vnet-hdr-support=on|off`.
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
+          default_missing_value = "on", value_parser = parse_on_off)]
+    pub vnet_hdr_support: bool,
+
+    /// Control socket (line-delimited JSON, docs/control-protocol.md): `unix:PATH`
+    /// or a plain path. Commands: checkpoint-done (zero every connection's
+    /// offsets), failover (new connections pass untouched), stats.
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
+    pub control: Option<PathBuf>,
+
+    /// Bytes buffered per output for a slow or disconnected peer; beyond it frames
+    /// are dropped and counted. Accepts K, M, G suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub out_buffer: u64,
+}
+
+impl RewriteArgs {
+    /// The four data endpoints must differ.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let eps = [
+            ("--to-secondary-in", &self.to_secondary_in),
+            ("--to-secondary-out", &self.to_secondary_out),
+            ("--from-secondary-in", &self.from_secondary_in),
+            ("--from-secondary-out", &self.from_secondary_out),
+        ];
+        for (i, (a, ea)) in eps.iter().enumerate() {
+            for (b, eb) in &eps[i + 1..] {
+                if ea.addr == eb.addr {
+                    anyhow::bail!("{a} and {b} are the same endpoint ({ea}); each needs its own");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Options of `colo-proxy ctl`.
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
@@ -137,6 +220,9 @@ pub enum CtlCommand {
     Stats,
     /// Tell the proxy the COLO checkpoint has completed.
     CheckpointDone,
+    /// Tell the proxy the other VM is gone (compare: stop comparing; rewrite: new
+    /// connections pass untouched).
+    Failover,
 }
 
 impl CtlCommand {
@@ -146,6 +232,7 @@ impl CtlCommand {
         match self {
             Self::Stats => "stats",
             Self::CheckpointDone => "checkpoint-done",
+            Self::Failover => "failover",
         }
     }
 }
@@ -367,5 +454,38 @@ mod tests {
                 .to_string()
                 .contains("same endpoint")
         );
+    }
+
+    #[test]
+    fn rewrite_options_name_both_directions() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec![
+                "colo-proxy",
+                "rewrite",
+                "--to-secondary-in",
+                "tcp::9003",
+                "--to-secondary-out",
+                "unix:/run/f1.sock",
+                "--from-secondary-in",
+                "unix:/run/f2.sock",
+                "--from-secondary-out",
+                "tcp:10.0.0.1:9004,connect",
+            ];
+            v.extend_from_slice(extra);
+            match Cli::try_parse_from(v).map(|c| c.command) {
+                Ok(Command::Rewrite(a)) => a,
+                Ok(other) => panic!("not rewrite: {other:?}"),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let a = parse(&[]);
+        assert!(!a.vnet_hdr_support);
+        assert!(a.from_secondary_out.connect);
+        assert_eq!(a.out_buffer, 16 << 20);
+        a.validate().unwrap();
+        let a = parse(&["--vnet-hdr-support", "--control", "/run/rw.ctl"]);
+        assert!(a.vnet_hdr_support);
+        assert_eq!(a.control, Some(PathBuf::from("/run/rw.ctl")));
+        assert_eq!(CtlCommand::Failover.wire_name(), "failover");
     }
 }

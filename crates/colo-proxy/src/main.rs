@@ -9,6 +9,8 @@ mod ctl;
 mod demo;
 mod logging;
 mod replay;
+mod rewrite;
+mod shell;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Rewrite(args) => rewrite::run(args),
     });
     match result {
         Ok(code) => code,

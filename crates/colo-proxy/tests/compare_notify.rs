@@ -22,13 +22,7 @@ fn read_exact(stream: &mut impl std::io::Read, n: usize) -> Vec<u8> {
 
 #[test]
 fn compare_notify_dev_speaks_xen_protocol() {
-    let mut proxy = Proxy::start(&[
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
+    let mut proxy = Proxy::start_compare(&[
         "--notify-dev",
         "unix:{dir}/notify.sock",
         "--vnet-hdr-support",

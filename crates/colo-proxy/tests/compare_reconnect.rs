@@ -30,14 +30,7 @@ fn send_both(pri: &mut impl std::io::Write, sec: &mut impl std::io::Write, frame
 
 #[test]
 fn compare_any_connect_order_and_secondary_reconnect() {
-    let mut proxy = Proxy::start(&[
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-    ]);
+    let mut proxy = Proxy::start_compare(&[]);
     // Outdev first, then secondary, then primary.
     let mut out = proxy.connect("out.sock");
     let mut sec = proxy.connect("sec.sock");
@@ -70,16 +63,7 @@ fn compare_any_connect_order_and_secondary_reconnect() {
 
 #[test]
 fn compare_outdev_reconnect_keeps_queued_frames() {
-    let mut proxy = Proxy::start(&[
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ]);
+    let mut proxy = Proxy::start_compare(&["--control", "unix:{dir}/ctl.sock"]);
     let mut pri = proxy.connect("pri.sock");
     let mut sec = proxy.connect("sec.sock");
     // No outdev yet: released frames queue up.
@@ -157,14 +141,7 @@ fn compare_connect_mode_and_tcp_endpoints() {
 
 #[test]
 fn compare_hostile_length_prefix_drops_only_that_connection() {
-    let mut proxy = Proxy::start(&[
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-    ]);
+    let mut proxy = Proxy::start_compare(&[]);
     let mut out = proxy.connect("out.sock");
     let mut sec = proxy.connect("sec.sock");
     let mut evil = proxy.connect("pri.sock");

@@ -142,16 +142,7 @@ fn compare_divergence_requests_checkpoint_and_done_releases() {
 
 #[test]
 fn compare_ctl_subcommand_talks_to_control_socket() {
-    let mut proxy = Proxy::start(&[
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-        "--control",
-        "{dir}/ctl.sock",
-    ]);
+    let mut proxy = Proxy::start_compare(&["--control", "{dir}/ctl.sock"]);
     drop(proxy.connect("ctl.sock"));
     let ctl = proxy.path("ctl.sock").display().to_string();
     let run = |cmd: &str| {

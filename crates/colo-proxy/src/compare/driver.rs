@@ -4,7 +4,7 @@
 //! ([`Engine::poll_timeout`]), an event from the I/O tasks (a decoded frame, a peer
 //! change, a notify message) or the shutdown signal. After each it drains
 //! [`Engine::poll_output`]: releases are encoded in the input's framing and queued for
-//! the outdev writer (never awaited, see [`super::outdev`]), checkpoint requests are
+//! the outdev writer (never awaited, see [`crate::shell::outq`]), checkpoint requests are
 //! logged, pushed to control clients and sent as `DO_CHECKPOINT` on the notify device.
 //!
 //! The clock is tokio's monotonic clock, as microseconds since the driver started.
@@ -13,14 +13,15 @@ use std::future::Future;
 
 use bytes::BytesMut;
 use colo_core::codec::encode_frame;
-use colo_core::engine::{Engine, Output};
+use colo_core::engine::{Engine, Mode, Output};
 use colo_core::{Instant, Side};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::control::{Command, Request, VERSION};
-use super::input::Event;
-use super::outdev::OutQueue;
+use super::Event;
+use crate::shell::control::{Command, Request, VERSION};
+use crate::shell::outq::OutQueue;
+use crate::shell::{Clock, PeerChange};
 
 /// Everything the driver talks to.
 #[derive(Debug)]
@@ -35,10 +36,12 @@ pub struct Driver {
     pub events: broadcast::Sender<String>,
     /// `DO_CHECKPOINT` requests for the notify task, when `--notify-dev` is set.
     pub notify: Option<mpsc::Sender<()>>,
-    /// When the driver started: `Instant::ZERO`.
-    pub start: tokio::time::Instant,
+    /// The clock (`Instant::ZERO` when the driver started).
+    pub clock: Clock,
     /// Notify messages we did not understand.
     pub notify_unknown: u64,
+    /// A `failover` command was received: pass-through for good.
+    pub failed_over: bool,
     /// Checkpoint completions, by source (control socket, notify device).
     pub checkpoint_done_by: [u64; 2],
     /// Which endpoint roles have a peer now.
@@ -47,12 +50,11 @@ pub struct Driver {
 
 impl Driver {
     fn now(&self) -> Instant {
-        let micros = self.start.elapsed().as_micros();
-        Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+        self.clock.now()
     }
 
     fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
-        self.start + std::time::Duration::from_micros(at.as_micros())
+        self.clock.to_tokio(at)
     }
 
     fn event(&self, mut fields: Map<String, Value>, name: &str) {
@@ -132,7 +134,7 @@ impl Driver {
                 let now = self.now();
                 self.engine.handle_frame(now, side, frame);
             }
-            Event::Peer { role, up } => {
+            Event::Peer(PeerChange { role, up }) => {
                 match self.peers.iter_mut().find(|(r, _)| *r == role) {
                     Some(p) => p.1 = up,
                     None => self.peers.push((role, up)),
@@ -145,12 +147,42 @@ impl Driver {
                 let mut f = Map::new();
                 f.insert("role".into(), json!(role));
                 self.event(f, name);
+                if role == "secondary_in" {
+                    self.secondary_peer(up);
+                }
             }
             Event::NotifyCheckpointDone => {
                 self.checkpoint_done_by[1] += 1;
                 self.checkpoint_done("notify-dev");
             }
             Event::NotifyUnknown => self.notify_unknown += 1,
+        }
+    }
+
+    /// Degraded mode: without a secondary there is nothing to compare against, so
+    /// primary output goes out unchecked until the secondary is back and a checkpoint
+    /// has made it a copy of the primary again.
+    fn secondary_peer(&mut self, up: bool) {
+        if self.failed_over {
+            return;
+        }
+        if up {
+            if self.engine.mode() == Mode::PassThrough {
+                self.engine.set_pass_through(false);
+                tracing::info!("secondary_in is back: comparing again after the next checkpoint");
+                self.event(Map::new(), "secondary-back");
+            }
+        } else if self.engine.mode() != Mode::PassThrough {
+            let held = self.engine.stats().held_frames;
+            self.engine.set_pass_through(true);
+            tracing::warn!(
+                released_held = held,
+                "secondary_in lost: degraded mode, releasing primary output unchecked"
+            );
+            let mut f = Map::new();
+            f.insert("reason".into(), json!("secondary_in disconnected"));
+            f.insert("released_held".into(), json!(held));
+            self.event(f, "degraded");
         }
     }
 
@@ -167,6 +199,17 @@ impl Driver {
                 self.checkpoint_done_by[0] += 1;
                 self.checkpoint_done("control");
                 m.insert("epoch".into(), json!(self.engine.epoch()));
+            }
+            Command::Failover => {
+                self.failed_over = true;
+                let held = self.engine.stats().held_frames;
+                self.engine.set_pass_through(true);
+                tracing::warn!(
+                    released_held = held,
+                    "failover: no more comparing, primary output passes through"
+                );
+                m.insert("mode".into(), json!(mode_name(self.engine.mode())));
+                m.insert("released_held".into(), json!(held));
             }
             Command::Stats => {
                 m.insert("stats".into(), self.stats_json());
@@ -187,6 +230,8 @@ impl Driver {
         let side = |a: &[u64; 2]| json!({"primary": a[Side::Primary.index()], "secondary": a[Side::Secondary.index()]});
         json!({
             "epoch": self.engine.epoch(),
+            "mode": mode_name(self.engine.mode()),
+            "failover": self.failed_over,
             "checkpoint_pending": self.engine.checkpoint_pending(),
             "frames_in": side(&s.frames_in),
             "bytes_in": side(&s.bytes_in),
@@ -261,5 +306,14 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The engine mode's name in the control protocol.
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Compare => "compare",
+        Mode::PassThrough => "pass-through",
+        Mode::AwaitingCheckpoint => "awaiting-checkpoint",
     }
 }

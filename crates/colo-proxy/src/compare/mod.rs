@@ -1,37 +1,56 @@
 //! `colo-proxy compare`: a drop-in for QEMU's `colo-compare` object.
 //!
-//! A thin tokio shell around the sans-IO [`colo_core::engine::Engine`]:
-//! - [`endpoint`]: `unix:PATH` / `tcp:HOST:PORT` endpoints, listening or `,connect`;
-//! - [`input`]: the `primary_in` / `secondary_in` readers (QEMU framing);
-//! - [`outdev`]: the bounded released-frame queue and its writer;
-//! - [`control`]: the JSON-lines control socket;
+//! A thin tokio shell around the sans-IO [`colo_core::engine::Engine`], built from
+//! the shared pieces in [`crate::shell`] (endpoints, framed readers, the outdev
+//! queue, the control socket), plus:
 //! - [`notify`]: the Xen notify protocol (`--notify-dev`);
 //! - [`driver`]: the single task that owns the engine.
+//!
+//! Degraded mode: while `secondary_in` has no peer, the engine passes primary frames
+//! through unchecked (`degraded` control event); when a peer is back it compares
+//! again after the next checkpoint (`secondary-back`). A `failover` command makes
+//! pass-through permanent.
 //!
 //! Everything runs on one current-thread runtime: the engine is single-owner anyway,
 //! and the I/O tasks only frame bytes.
 
-pub mod control;
 pub mod driver;
-pub mod endpoint;
-pub mod input;
 pub mod notify;
-pub mod outdev;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use colo_core::codec::DecoderConfig;
 use colo_core::engine::{Engine, EngineConfig};
-use colo_core::{Duration, Side};
+use colo_core::{Duration, Frame, Side};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::CompareArgs;
 
 use self::driver::Driver;
-use self::endpoint::{Source, UnixServer};
-use self::outdev::OutQueue;
+use crate::shell::endpoint::{Source, UnixServer};
+use crate::shell::outq::{self, OutQueue};
+use crate::shell::{Clock, PeerChange, control, input};
+
+/// What the I/O tasks tell the compare driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A whole frame from one VM.
+    Frame(Side, Frame),
+    /// A peer of an endpoint connected or went away.
+    Peer(PeerChange),
+    /// The Xen notify peer said the checkpoint is done (`COLO_CHECKPOINT`).
+    NotifyCheckpointDone,
+    /// The Xen notify peer sent a message we do not know.
+    NotifyUnknown,
+}
+
+impl From<PeerChange> for Event {
+    fn from(p: PeerChange) -> Self {
+        Self::Peer(p)
+    }
+}
 
 /// Run `colo-proxy compare` until SIGINT or SIGTERM.
 pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
@@ -78,14 +97,13 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
     let outq = OutQueue::new(usize::try_from(args.outdev_buffer).unwrap_or(usize::MAX));
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(input::run(Side::Primary, primary, decoder, in_tx.clone()));
-    tasks.spawn(input::run(
-        Side::Secondary,
-        secondary,
-        decoder,
-        in_tx.clone(),
-    ));
-    tasks.spawn(outdev::run(out, outq.clone(), in_tx.clone()));
+    tasks.spawn(input::run(primary, decoder, in_tx.clone(), |f| {
+        Event::Frame(Side::Primary, f)
+    }));
+    tasks.spawn(input::run(secondary, decoder, in_tx.clone(), |f| {
+        Event::Frame(Side::Secondary, f)
+    }));
+    tasks.spawn(outq::run(out, outq.clone(), in_tx.clone()));
     let notify = notify_src.map(|src| {
         let (tx, rx) = mpsc::channel(16);
         tasks.spawn(notify::run(src, rx, in_tx.clone()));
@@ -109,8 +127,9 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         outq,
         events,
         notify,
-        start: tokio::time::Instant::now(),
+        clock: Clock::new(),
         notify_unknown: 0,
+        failed_over: false,
         checkpoint_done_by: [0; 2],
         peers: Vec::new(),
     };

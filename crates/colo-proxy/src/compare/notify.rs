@@ -21,8 +21,9 @@ use colo_core::codec::{DecoderConfig, FrameDecoder, encode_frame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
-use super::endpoint::Source;
-use super::input::Event;
+use super::Event;
+use crate::shell::PeerChange;
+use crate::shell::endpoint::Source;
 
 /// Xen's hello.
 pub const PROXY_INIT: &[u8] = b"COLO_USERSPACE_PROXY_INIT";
@@ -54,7 +55,7 @@ pub async fn run(mut source: Source, mut requests: mpsc::Receiver<()>, tx: mpsc:
     let mut buf = [0u8; 4096];
     loop {
         let io = source.next().await;
-        if tx.send(Event::Peer { role, up: true }).await.is_err() {
+        if tx.send(PeerChange { role, up: true }.into()).await.is_err() {
             return;
         }
         let (mut rd, mut wr) = tokio::io::split(io);
@@ -112,7 +113,11 @@ pub async fn run(mut source: Source, mut requests: mpsc::Receiver<()>, tx: mpsc:
             }
         };
         tracing::info!(role, reason = %why, "disconnected");
-        if tx.send(Event::Peer { role, up: false }).await.is_err() {
+        if tx
+            .send(PeerChange { role, up: false }.into())
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -1,4 +1,4 @@
-//! Helpers shared by the `compare_*` tests: run the built `colo-proxy compare`,
+//! Helpers shared by the daemon tests: run the built `colo-proxy compare` (or another role),
 //! connect to its endpoints, build traffic with `colo_core::sim`, and read and write
 //! QEMU framing.
 #![allow(dead_code)]
@@ -23,6 +23,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// `colo-proxy compare` with the usual three endpoints (`pri.sock`, `sec.sock`,
+    /// `out.sock` in the temporary directory) plus `extra` options.
+    pub fn start_compare(extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--primary-in",
+            "unix:{dir}/pri.sock",
+            "--secondary-in",
+            "unix:{dir}/sec.sock",
+            "--outdev",
+            "unix:{dir}/out.sock",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     /// Start `colo-proxy compare` with endpoints in a fresh temp dir. `args` may use
     /// `{dir}` for that directory.
     pub fn start(args: &[&str]) -> Self {
@@ -32,11 +47,22 @@ impl Proxy {
 
     /// Like [`Proxy::start`] in a given directory.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        Self::start_role_in("compare", dir, args)
+    }
+
+    /// Start another role (`rewrite`, ...) in a fresh temp dir.
+    pub fn start_role(role: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_role_in(role, dir, args)
+    }
+
+    /// Start `colo-proxy ROLE` in a given directory.
+    pub fn start_role_in(role: &str, dir: tempfile::TempDir, args: &[&str]) -> Self {
         let d = dir.path().display().to_string();
         let log = dir.path().join("proxy.log");
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
-            .args(["--log-level", "info,colo_proxy=debug", "compare"])
+            .args(["--log-level", "info,colo_proxy=debug", role])
             .args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -1,5 +1,6 @@
-//! The outdev side: a bounded queue of encoded released frames, and the task that
-//! writes it to whoever is connected to `--outdev`.
+//! The output side: a bounded queue of encoded frames, and the task that writes it
+//! to whoever is connected to an output endpoint (`--outdev`, `--to-secondary-out`,
+//! ...).
 //!
 //! Backpressure policy: the driver never waits for the outdev. Released frames are
 //! appended to [`OutQueue`], bounded in bytes (`--outdev-buffer`). While the outdev
@@ -17,8 +18,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Notify, mpsc};
 
+use super::PeerChange;
 use super::endpoint::Source;
-use super::input::Event;
 
 /// Counters of the outdev queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,11 +116,18 @@ impl OutQueue {
 
 /// Write the queue to the outdev peer, reconnecting as needed. Runs until the driver
 /// is gone.
-pub async fn run(mut source: Source, queue: OutQueue, events: mpsc::Sender<Event>) {
+pub async fn run<E>(mut source: Source, queue: OutQueue, events: mpsc::Sender<E>)
+where
+    E: From<PeerChange> + Send + 'static,
+{
     let role = source.role;
     loop {
         let io = source.next().await;
-        if events.send(Event::Peer { role, up: true }).await.is_err() {
+        if events
+            .send(PeerChange { role, up: true }.into())
+            .await
+            .is_err()
+        {
             return;
         }
         let (mut rd, mut wr) = tokio::io::split(io);
@@ -132,7 +140,7 @@ pub async fn run(mut source: Source, queue: OutQueue, events: mpsc::Sender<Event
                     r = rd.read(&mut scratch) => match r {
                         Ok(0) => break 'conn "closed by peer".to_owned(),
                         Ok(n) => {
-                            tracing::debug!(role, n, "ignoring bytes sent to us on outdev");
+                            tracing::debug!(role, n, "ignoring bytes sent to an output endpoint");
                             continue;
                         }
                         Err(e) => break 'conn e.to_string(),
@@ -145,7 +153,11 @@ pub async fn run(mut source: Source, queue: OutQueue, events: mpsc::Sender<Event
             queue.pop_written();
         };
         tracing::info!(role, reason = %why, queued = queue.stats().queued_frames, "disconnected");
-        if events.send(Event::Peer { role, up: false }).await.is_err() {
+        if events
+            .send(PeerChange { role, up: false }.into())
+            .await
+            .is_err()
+        {
             return;
         }
     }

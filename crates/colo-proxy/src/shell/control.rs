@@ -4,7 +4,7 @@
 //! Each client gets every event pushed as a line, and may send commands, one JSON
 //! object per line; each command gets exactly one reply line (`"ok": true|false`),
 //! in order. The client tasks only parse and frame; commands are carried out by the
-//! driver, which owns the engine.
+//! role's driver, which owns the engine or the rewriter.
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -27,13 +27,15 @@ pub const EVENT_BACKLOG: usize = 1024;
 pub enum Command {
     /// The COLO checkpoint has completed.
     CheckpointDone,
+    /// The other VM is gone: this proxy's VM carries on alone.
+    Failover,
     /// Report counters.
     Stats,
 }
 
 impl Command {
     /// Every command name, for error messages.
-    pub const NAMES: &'static str = "checkpoint-done, stats";
+    pub const NAMES: &'static str = "checkpoint-done, failover, stats";
 }
 
 /// A command with the channel for its reply (the reply object without `v`/`ok`).
@@ -70,6 +72,7 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
     };
     match cmd {
         "checkpoint-done" => Ok(Command::CheckpointDone),
+        "failover" => Ok(Command::Failover),
         "stats" => Ok(Command::Stats),
         other => Err(format!(
             "unknown cmd {other:?}; commands: {}",
@@ -205,6 +208,10 @@ mod tests {
         assert_eq!(
             parse_command(r#"{"v":1,"cmd":"checkpoint-done","tag":7}"#),
             Ok(Command::CheckpointDone)
+        );
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"failover"}"#),
+            Ok(Command::Failover)
         );
         assert!(parse_command("stats").unwrap_err().contains("not JSON"));
         assert!(

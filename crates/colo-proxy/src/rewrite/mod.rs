@@ -1,0 +1,119 @@
+//! `colo-proxy rewrite`: a drop-in for QEMU's filter-rewriter on the secondary host.
+//!
+//! A thin tokio shell around the sans-IO [`colo_core::rewrite::Rewriter`], built
+//! from the shared pieces in [`crate::shell`]:
+//! - `to_secondary_in` → [`Direction::ToSecondary`] → `to_secondary_out`: client
+//!   traffic mirrored from the primary, on its way into the secondary VM;
+//! - `from_secondary_in` → [`Direction::FromSecondary`] → `from_secondary_out`: the
+//!   secondary VM's output, on its way to the primary's compare;
+//! - [`driver`]: the single task that owns the rewriter.
+//!
+//! Each output has its own byte-capped queue, so a slow peer on one direction never
+//! blocks the other.
+
+pub mod driver;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use colo_core::Frame;
+use colo_core::codec::DecoderConfig;
+use colo_core::rewrite::{Direction, RewriteConfig, Rewriter};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc};
+
+use self::driver::Driver;
+use crate::cli::RewriteArgs;
+use crate::shell::endpoint::{Source, UnixServer};
+use crate::shell::outq::{self, OutQueue};
+use crate::shell::{Clock, PeerChange, control, input};
+
+/// What the I/O tasks tell the rewrite driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A whole frame, to be rewritten in this direction.
+    Frame(Direction, Frame),
+    /// A peer of an endpoint connected or went away.
+    Peer(PeerChange),
+}
+
+impl From<PeerChange> for Event {
+    fn from(p: PeerChange) -> Self {
+        Self::Peer(p)
+    }
+}
+
+/// Run `colo-proxy rewrite` until SIGINT or SIGTERM.
+pub fn run(args: &RewriteArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
+    let decoder = DecoderConfig {
+        vnet_hdr: args.vnet_hdr_support,
+        ..DecoderConfig::default()
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+
+    // Bind everything first, so that address errors stop us before anything runs.
+    let to_in = Source::bind("to_secondary_in", args.to_secondary_in.clone()).await?;
+    let to_out = Source::bind("to_secondary_out", args.to_secondary_out.clone()).await?;
+    let from_in = Source::bind("from_secondary_in", args.from_secondary_in.clone()).await?;
+    let from_out = Source::bind("from_secondary_out", args.from_secondary_out.clone()).await?;
+    let control = match &args.control {
+        Some(path) => Some(UnixServer::bind(path).context("--control")?),
+        None => None,
+    };
+
+    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
+    let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
+    let to_q = OutQueue::new(cap);
+    let from_q = OutQueue::new(cap);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(input::run(to_in, decoder, in_tx.clone(), |f| {
+        Event::Frame(Direction::ToSecondary, f)
+    }));
+    tasks.spawn(input::run(from_in, decoder, in_tx.clone(), |f| {
+        Event::Frame(Direction::FromSecondary, f)
+    }));
+    tasks.spawn(outq::run(to_out, to_q.clone(), in_tx.clone()));
+    tasks.spawn(outq::run(from_out, from_q.clone(), in_tx.clone()));
+    if let Some(server) = control {
+        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
+        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
+    }
+    drop(in_tx);
+
+    tracing::info!(
+        vnet_hdr_support = args.vnet_hdr_support,
+        "filter-rewriter running"
+    );
+    let driver = Driver {
+        rewriter: Rewriter::new(RewriteConfig::default()),
+        vnet_hdr: args.vnet_hdr_support,
+        to_secondary: to_q,
+        from_secondary: from_q,
+        events,
+        clock: Clock::new(),
+        peers: Vec::new(),
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    driver.run(in_rx, ctl_rx, shutdown).await;
+    tasks.shutdown().await;
+    Ok(())
+}

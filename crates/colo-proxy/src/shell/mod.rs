@@ -1,0 +1,63 @@
+//! Pieces shared by the daemon roles (`compare`, `rewrite`): transport endpoints,
+//! QEMU-framed readers, byte-capped output queues that survive reconnects, and the
+//! JSON-lines control socket.
+//!
+//! - [`endpoint`]: `unix:PATH` / `tcp:HOST:PORT` endpoints, listening or `,connect`;
+//! - [`input`]: a reader task per input endpoint (QEMU framing, [`colo_core::codec`]);
+//! - [`outq`]: a bounded queue of encoded frames and the task writing it to a peer;
+//! - [`control`]: the control socket (`docs/control-protocol.md`).
+//!
+//! The I/O tasks only frame bytes; each role's driver task owns its sans-IO state
+//! machine and receives everything over one channel of its own event type, which
+//! must accept a [`PeerChange`].
+
+pub mod control;
+pub mod endpoint;
+pub mod input;
+pub mod outq;
+
+/// A peer of an endpoint connected (`up`) or went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerChange {
+    /// The endpoint's role (`primary_in`, `outdev`, ...).
+    pub role: &'static str,
+    /// Connected or disconnected.
+    pub up: bool,
+}
+
+/// The driver's clock: tokio's monotonic clock as a [`colo_core::Instant`] counted
+/// from `start`.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// `Instant::ZERO`.
+    pub start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now.
+    #[must_use]
+    pub fn now(&self) -> colo_core::Instant {
+        let micros = self.start.elapsed().as_micros();
+        colo_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// A core instant as a tokio instant.
+    #[must_use]
+    pub fn to_tokio(self, at: colo_core::Instant) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_micros(at.as_micros())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
