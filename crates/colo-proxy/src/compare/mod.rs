@@ -55,12 +55,7 @@ impl From<PeerChange> for Event {
 /// Run `colo-proxy compare` until SIGINT or SIGTERM.
 pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(serve(args))?;
-    Ok(ExitCode::SUCCESS)
+    crate::shell::block_on(serve(args))
 }
 
 async fn serve(args: &CompareArgs) -> anyhow::Result<()> {

@@ -46,12 +46,7 @@ impl From<PeerChange> for Event {
 /// Run `colo-proxy rewrite` until SIGINT or SIGTERM.
 pub fn run(args: &RewriteArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(serve(args))?;
-    Ok(ExitCode::SUCCESS)
+    crate::shell::block_on(serve(args))
 }
 
 async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {

@@ -61,3 +61,17 @@ impl Default for Clock {
         Self::new()
     }
 }
+
+/// Run a role to completion on a single-threaded tokio runtime (the engine and the
+/// rewriter are owned by one task, so more threads would only add hand-offs).
+pub(crate) fn block_on(
+    role: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(role)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
