@@ -55,7 +55,7 @@ pub async fn run(mut source: Source, mut requests: mpsc::Receiver<()>, tx: mpsc:
     let mut buf = [0u8; 4096];
     loop {
         let io = source.next().await;
-        if tx.send(PeerChange { role, up: true }.into()).await.is_err() {
+        if !PeerChange::announce(&tx, role, true).await {
             return;
         }
         let (mut rd, mut wr) = tokio::io::split(io);
@@ -113,11 +113,7 @@ pub async fn run(mut source: Source, mut requests: mpsc::Receiver<()>, tx: mpsc:
             }
         };
         tracing::info!(role, reason = %why, "disconnected");
-        if tx
-            .send(PeerChange { role, up: false }.into())
-            .await
-            .is_err()
-        {
+        if !PeerChange::announce(&tx, role, false).await {
             return;
         }
     }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
-use crate::shell::control::{Command, Request, VERSION};
+use crate::shell::control::{Command, Request, event_line};
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
 
@@ -42,12 +42,9 @@ pub struct Driver {
 }
 
 impl Driver {
-    fn event(&self, mut fields: Map<String, Value>, name: &str) {
-        let mut obj = Map::new();
-        obj.insert("v".into(), json!(VERSION));
-        obj.insert("event".into(), json!(name));
-        obj.append(&mut fields);
-        let _ = self.events.send(Value::Object(obj).to_string());
+    fn event(&self, fields: Map<String, Value>, name: &str) {
+        // No receivers is fine: nobody is listening on the control socket.
+        let _ = self.events.send(event_line(name, fields));
     }
 
     /// Run until `shutdown` completes or every I/O task is gone.

@@ -81,6 +81,15 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
     }
 }
 
+/// Build an event line (without the newline): `{"v":1,"event":NAME,...fields}`.
+pub fn event_line(name: &str, fields: serde_json::Map<String, Value>) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("v".into(), json!(VERSION));
+    obj.insert("event".into(), json!(name));
+    obj.extend(fields);
+    Value::Object(obj).to_string()
+}
+
 /// Build a reply line (without the newline) from a command's result, echoing the
 /// request's `tag` when it had one.
 fn reply_line(

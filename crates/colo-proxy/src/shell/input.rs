@@ -29,7 +29,7 @@ where
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut io = source.next().await;
-        if tx.send(PeerChange { role, up: true }.into()).await.is_err() {
+        if !PeerChange::announce(&tx, role, true).await {
             return;
         }
         let mut dec = FrameDecoder::new(config);
@@ -60,11 +60,7 @@ where
         };
         drop(io);
         tracing::info!(role, reason = %why, "disconnected");
-        if tx
-            .send(PeerChange { role, up: false }.into())
-            .await
-            .is_err()
-        {
+        if !PeerChange::announce(&tx, role, false).await {
             return;
         }
     }

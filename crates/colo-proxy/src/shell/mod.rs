@@ -25,6 +25,18 @@ pub struct PeerChange {
     pub up: bool,
 }
 
+impl PeerChange {
+    /// Tell the driver that `role`'s peer came (`up`) or went. `false` means the
+    /// driver is gone and the I/O task should stop.
+    pub async fn announce<E: From<Self>>(
+        tx: &tokio::sync::mpsc::Sender<E>,
+        role: &'static str,
+        up: bool,
+    ) -> bool {
+        tx.send(Self { role, up }.into()).await.is_ok()
+    }
+}
+
 /// The driver's clock: tokio's monotonic clock as a [`colo_core::Instant`] counted
 /// from `start`.
 #[derive(Debug, Clone, Copy)]

@@ -123,11 +123,7 @@ where
     let role = source.role;
     loop {
         let io = source.next().await;
-        if events
-            .send(PeerChange { role, up: true }.into())
-            .await
-            .is_err()
-        {
+        if !PeerChange::announce(&events, role, true).await {
             return;
         }
         let (mut rd, mut wr) = tokio::io::split(io);
@@ -153,11 +149,7 @@ where
             queue.pop_written();
         };
         tracing::info!(role, reason = %why, queued = queue.stats().queued_frames, "disconnected");
-        if events
-            .send(PeerChange { role, up: false }.into())
-            .await
-            .is_err()
-        {
+        if !PeerChange::announce(&events, role, false).await {
             return;
         }
     }
