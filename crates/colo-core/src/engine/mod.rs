@@ -22,6 +22,7 @@ mod config;
 mod conn;
 mod datagram;
 mod output;
+mod replay_mode;
 mod stats;
 mod table;
 mod tcp;
@@ -39,7 +40,7 @@ use checkpoint::{CheckpointGate, GateDecision};
 use conn::{Conn, DatagramConn, HeldFrame, Proto, TcpConn};
 use table::{ConnKey, ConnTable};
 
-use crate::classify::{L4, classify};
+use crate::classify::{Classified, L4, classify};
 use crate::flow::{FlowKey, FlowProto};
 use crate::frame::{Frame, Side};
 use crate::reassembly::StreamReassembler;
@@ -151,6 +152,28 @@ impl Engine {
 
     /// Feed one frame produced by a VM.
     pub fn handle_frame(&mut self, now: Instant, side: Side, frame: Frame) {
+        let classified = classify(frame.ethernet_bytes());
+        self.handle_classified(now, side, frame, classified);
+    }
+
+    /// [`Engine::handle_frame`] for a frame the caller has already classified (the
+    /// offline replay classifies every frame to route it), so it is not parsed twice.
+    /// `classified` must be `classify(frame.ethernet_bytes())` of this very frame: its
+    /// ranges index into the frame's bytes.
+    pub fn handle_classified(
+        &mut self,
+        now: Instant,
+        side: Side,
+        frame: Frame,
+        classified: Classified,
+    ) {
+        // A classification that does not fit this frame would index outside it:
+        // classify again rather than trust it.
+        let classified = if fits(&classified, frame.ethernet_bytes().len()) {
+            classified
+        } else {
+            classify(frame.ethernet_bytes())
+        };
         self.advance(now);
         let s = side.index();
         self.stats.frames_in[s] += 1;
@@ -158,7 +181,7 @@ impl Engine {
         if self.mode != Mode::Compare {
             match side {
                 Side::Primary => {
-                    let c = classify(frame.ethernet_bytes());
+                    let c = &classified;
                     if let (Some(t), Some(slot)) = (
                         c.tcp(),
                         self.table.lookup(&ConnKey {
@@ -176,7 +199,6 @@ impl Engine {
             }
             return;
         }
-        let classified = classify(frame.ethernet_bytes());
         let key = ConnKey {
             flow: classified.key,
             dir: classified.dir,
@@ -198,8 +220,12 @@ impl Engine {
     /// Feed a frame the client sent towards the VMs. Optional: it lets the engine see
     /// the client's FIN and RST, so closed connections leave the table sooner.
     pub fn observe_client_frame(&mut self, now: Instant, frame: &Frame) {
+        self.observe_client_classified(now, &classify(frame.ethernet_bytes()));
+    }
+
+    /// [`Engine::observe_client_frame`] for a frame the caller has already classified.
+    pub fn observe_client_classified(&mut self, now: Instant, c: &Classified) {
         self.advance(now);
-        let c = classify(frame.ethernet_bytes());
         let Some(meta) = c.tcp() else { return };
         let dir = match c.dir {
             crate::flow::FlowDir::LoToHi => crate::flow::FlowDir::HiToLo,
@@ -541,6 +567,18 @@ impl Engine {
         }
         self.total_bytes = 0;
         self.total_limit_reported = false;
+    }
+}
+
+/// Whether every range of `c` lies within a frame of `len` bytes.
+fn fits(c: &Classified, len: usize) -> bool {
+    match &c.l4 {
+        L4::Tcp(t) => {
+            t.payload.start <= t.payload.end
+                && t.payload.end <= len
+                && t.tcp_offset.saturating_add(t.tcp_header_len) <= len
+        }
+        L4::Datagram(d) => d.body.start <= d.body.end && d.body.end <= len,
     }
 }
 
