@@ -74,7 +74,31 @@ fn l4_start(eth: &[u8]) -> Option<(usize, usize, u8, bool)> {
             let ihl = usize::from(eth.get(at)? & 0x0f) * 4;
             Some((at, at + ihl, *eth.get(at + 9)?, true))
         }
-        0x86dd => Some((at, at + 40, *eth.get(at + 6)?, false)),
+        0x86dd => {
+            // Walk the extension headers (hop-by-hop, routing, destination options,
+            // fragment) to the upper-layer header. A non-first fragment has none.
+            let mut next = *eth.get(at + 6)?;
+            let mut l4 = at + 40;
+            for _ in 0..8 {
+                match next {
+                    0 | 43 | 60 => {
+                        let len = (usize::from(*eth.get(l4 + 1)?) + 1) * 8;
+                        next = *eth.get(l4)?;
+                        l4 += len;
+                    }
+                    44 => {
+                        let offset = u16::from_be_bytes([*eth.get(l4 + 2)?, *eth.get(l4 + 3)?]);
+                        next = *eth.get(l4)?;
+                        l4 += 8;
+                        if offset & 0xfff8 != 0 {
+                            return Some((at, l4, 44, false));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            Some((at, l4, next, false))
+        }
         _ => None,
     }
 }
@@ -88,6 +112,9 @@ pub struct Rewrite {
     pub dst: ([u8; 16], u16),
     /// Added to the acknowledgement number (the client's ISN differs per capture).
     pub ack_delta: u32,
+    /// Added to TCP sequence numbers (alignment by first segment; 0 when the
+    /// rewriter aligns them).
+    pub seq_delta: u32,
 }
 
 fn put_addr(eth: &mut [u8], at: usize, addr: &[u8; 16], v4: bool) {
@@ -113,8 +140,21 @@ pub fn rewrite(eth: &mut [u8], rw: &Rewrite) {
         put_addr(eth, ip + 8, &rw.src.0, false);
         put_addr(eth, ip + 24, &rw.dst.0, false);
     }
+    // ICMP and ICMPv6 echo: the identifier stands for the ports.
+    if matches!(proto, 1 | 58) && eth.len() >= l4 + 6 {
+        let echo = if proto == 1 { [0, 8] } else { [128, 129] };
+        if echo.contains(&eth[l4]) {
+            // Both endpoints of an echo flow carry the identifier as their port.
+            eth[l4 + 4..l4 + 6].copy_from_slice(&rw.src.1.to_be_bytes());
+        }
+        return;
+    }
     if !matches!(proto, 6 | 17) || eth.len() < l4 + 4 {
         return;
+    }
+    if proto == 6 && eth.len() >= l4 + 8 && rw.seq_delta != 0 {
+        let seq = u32::from_be_bytes([eth[l4 + 4], eth[l4 + 5], eth[l4 + 6], eth[l4 + 7]]);
+        eth[l4 + 4..l4 + 8].copy_from_slice(&seq.wrapping_add(rw.seq_delta).to_be_bytes());
     }
     eth[l4..l4 + 2].copy_from_slice(&rw.src.1.to_be_bytes());
     eth[l4 + 2..l4 + 4].copy_from_slice(&rw.dst.1.to_be_bytes());

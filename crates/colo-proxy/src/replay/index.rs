@@ -31,6 +31,9 @@ pub struct FlowInfo {
     pub syn_number: [Option<u64>; 2],
     /// Which endpoint sent the flow's first frame (0 = `lo`, 1 = `hi`).
     pub opener: usize,
+    /// Sequence number of the first payload byte of the first TCP segment sent by
+    /// `lo` / `hi` (a SYN's number plus one).
+    pub first_seq: [Option<u32>; 2],
 }
 
 /// What pass 1 learnt about one capture.
@@ -111,6 +114,7 @@ pub fn index_capture(path: &Path, progress: &mut Progress) -> Result<CaptureInde
                 synack: [None; 2],
                 syn_number: [None; 2],
                 opener: idx(c.dir),
+                first_seq: [None; 2],
             });
         }
         let f = &mut ix.flows[at];
@@ -118,6 +122,10 @@ pub fn index_capture(path: &Path, progress: &mut Progress) -> Result<CaptureInde
         f.frames[d] += 1;
         if f.mac[d].is_none() {
             f.mac[d] = src_mac;
+        }
+        if let L4::Tcp(t) = &c.l4 {
+            let syn = u32::from(t.flags.contains(TcpFlags::SYN));
+            f.first_seq[d].get_or_insert_with(|| t.seq.0.wrapping_add(syn));
         }
         if let L4::Tcp(t) = &c.l4
             && t.flags.contains(TcpFlags::SYN)
@@ -299,6 +307,13 @@ pub struct ConnInfo {
     pub first: (u64, u64),
     /// The client's initial sequence number, when the handshake was captured.
     pub client_isn: Option<u32>,
+    /// The VM sent a SYN or SYN-ACK in this capture.
+    pub vm_handshake: bool,
+    /// The client sent a SYN or SYN-ACK in this capture.
+    pub client_handshake: bool,
+    /// Sequence number of the VM's first payload byte (its SYN's number plus one, or
+    /// its first segment's number).
+    pub vm_first_seq: Option<u32>,
 }
 
 /// The connections of a capture that carry VM output, in order of appearance.
@@ -333,6 +348,9 @@ pub fn connections(ix: &CaptureIndex, vm: &VmSide) -> Vec<ConnInfo> {
             vm_dir,
             first: f.first,
             client_isn,
+            vm_handshake: f.syn[d].is_some() || f.synack[d].is_some(),
+            client_handshake: f.syn[c].is_some() || f.synack[c].is_some(),
+            vm_first_seq: f.first_seq[d],
         });
     }
     out

@@ -12,6 +12,7 @@
 //!
 //! See docs/replay.md for the semantics, the JSON schema and the limitations.
 
+pub mod align;
 pub mod args;
 pub mod capture;
 pub mod context;

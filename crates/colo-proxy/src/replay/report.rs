@@ -9,6 +9,11 @@ use serde::Serialize;
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "colo-proxy-replay/1";
 
+/// The checkpoint model of the replay (docs/replay.md, *Checkpoints*): at every
+/// completed checkpoint a diverged connection resumes with each side at the position it
+/// had reached; connections that had not diverged go on being compared.
+pub const CHECKPOINT_MODEL: &str = "resync_at_send_positions";
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -182,6 +187,13 @@ pub struct ConnReport {
     pub verdict: &'static str,
     /// How the pair was made (null when unpaired).
     pub paired_by: Option<&'static str>,
+    /// How the secondary's TCP sequence numbers were aligned: `rewriter`,
+    /// `first_segment` (a handshake is missing from a capture) or `unaligned` (null for
+    /// unpaired connections and datagram flows).
+    pub seq_alignment: Option<&'static str>,
+    /// Divergences on this connection: the first is `divergence`; each later one came
+    /// after a checkpoint resynchronised it (see `summary.checkpoint_model`).
+    pub divergences: u64,
     /// Primary side.
     pub primary: Option<SideReport>,
     /// Secondary side.
@@ -211,10 +223,13 @@ pub struct Summary {
     pub bytes_compared: u64,
     /// Datagrams matched by the engine.
     pub datagrams_compared: u64,
-    /// First divergences per reason.
+    /// Divergences per reason (every one, also those after a checkpoint).
     pub divergences_by_reason: BTreeMap<&'static str, u64>,
-    /// Checkpoints the live proxy would have asked for.
+    /// Checkpoints the live proxy would have asked for, exact under
+    /// `checkpoint_model`.
     pub checkpoints: u64,
+    /// The model under which `checkpoints` is counted: [`CHECKPOINT_MODEL`].
+    pub checkpoint_model: &'static str,
     /// Checkpoint requests per reason of their cause.
     pub checkpoints_by_reason: BTreeMap<&'static str, u64>,
     /// Frames fed to the engine, primary and secondary.
@@ -313,6 +328,9 @@ impl Report {
                     .map(|p| format!(" (paired by {})", p.replace('_', " ")))
                     .unwrap_or_default()
             );
+            if let Some(a) = c.seq_alignment.filter(|a| *a != "rewriter") {
+                let _ = writeln!(out, "    sequence numbers aligned: {}", a.replace('_', " "));
+            }
             if let Some(p) = &c.primary {
                 side_line(&mut out, "primary", p);
             }
@@ -334,6 +352,13 @@ impl Report {
                 }
                 if let Some(ev) = &d.evidence {
                     let _ = writeln!(out, "      evidence: {ev}");
+                }
+                if c.divergences > 1 {
+                    let _ = writeln!(
+                        out,
+                        "    {} more divergence(s) after checkpoints",
+                        c.divergences - 1
+                    );
                 }
             }
             if let Some([p, s]) = &c.close_differs {
@@ -390,8 +415,12 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  checkpoints the live proxy would have asked for: {} (compare_timeout {}ms, min interval {}ms)",
-            s.checkpoints, self.config.compare_timeout_ms, self.config.checkpoint_min_interval_ms
+            "  checkpoints the live proxy would have asked for: {} (compare_timeout {}ms, min interval {}ms, duration {}ms; model {})",
+            s.checkpoints,
+            self.config.compare_timeout_ms,
+            self.config.checkpoint_min_interval_ms,
+            self.config.checkpoint_duration_ms,
+            s.checkpoint_model
         );
         let verdict = match self.result {
             "identical" => "IDENTICAL",

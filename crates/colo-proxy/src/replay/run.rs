@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use colo_core::classify::{L4, TcpFlags, classify};
-use colo_core::engine::{
-    CheckpointReason, Divergence, DivergenceKind, Engine, EngineConfig, Output, SeqAlignment,
-};
+use colo_core::classify::{Classified, L4, TcpFlags, classify};
+use colo_core::engine::{Divergence, DivergenceKind, Engine, EngineConfig, Output};
 use colo_core::flow::{FlowKey, FlowProto};
 use colo_core::{Duration, Frame, Instant, Side};
 
+use super::align::{self, Aligner, SeqAlign};
 use super::args::{Clock, ReplayArgs};
 use super::capture::{CaptureError, CaptureReader, normalize};
 use super::context;
@@ -18,8 +17,8 @@ use super::headers::{self, Rewrite};
 use super::index::{self, CaptureIndex, ConnInfo, FastMap, PairedBy, VmOptions, VmSide};
 use super::progress::Progress;
 use super::report::{
-    ConfigReport, ConnReport, InputError, InputReport, OneSided, Report, SCHEMA, SideReport,
-    Summary, VmSideReport, time_str,
+    CHECKPOINT_MODEL, ConfigReport, ConnReport, InputError, InputReport, OneSided, Report, SCHEMA,
+    SideReport, Summary, VmSideReport, time_str,
 };
 use super::{EXIT_DIVERGED, EXIT_IDENTICAL, EXIT_INPUT};
 
@@ -103,9 +102,15 @@ pub struct Conn {
     pub engine_key: FlowKey,
     /// Per side tracking.
     pub track: [Track; 2],
+    /// How the secondary's sequence numbers are aligned (paired TCP connections).
+    pub align: Option<SeqAlign>,
+    /// Secondary frames waiting for the rewriter to learn this connection's offsets.
+    pub parked: Vec<Vec<u8>>,
     /// The first divergence the engine reported.
     pub divergence: Option<Divergence>,
-    /// Why the shell stopped feeding it, if it did before a divergence.
+    /// Every divergence the engine reported (later ones follow checkpoints).
+    pub divergences: u64,
+    /// Why the shell stopped feeding it (snaplen-cut frames, offsets never learnt).
     pub stopped: Option<String>,
     /// Stream bytes matched when comparison stopped.
     pub compared_at_stop: Option<u64>,
@@ -113,9 +118,12 @@ pub struct Conn {
 
 impl Conn {
     fn is_stopped(&self) -> bool {
-        self.divergence.is_some() || self.stopped.is_some()
+        self.stopped.is_some()
     }
 }
+
+/// Most secondary frames of one connection kept while the rewriter learns its offsets.
+const MAX_PARKED: usize = 256;
 
 /// Everything pass 2 produced, for pass 3 and the report.
 #[derive(Debug)]
@@ -172,44 +180,6 @@ fn vm_options(args: &ReplayArgs, s: usize) -> VmOptions {
     }
 }
 
-/// Simulate the checkpoint gate over the first divergences, in time order: one
-/// request outstanding for `duration`, then `min_interval` before the next; later
-/// divergences are folded in or deferred, as `colo_core`'s gate does.
-#[must_use]
-pub fn count_checkpoints(
-    mut divs: Vec<(u64, CheckpointReason)>,
-    duration: u64,
-    min_interval: u64,
-) -> (u64, BTreeMap<&'static str, u64>) {
-    divs.sort_by_key(|d| d.0);
-    let mut count = 0;
-    let mut by = BTreeMap::new();
-    let mut outstanding_until: Option<u64> = None;
-    let mut min_next = 0u64;
-    let mut deferred: Option<u64> = None;
-    for (t, reason) in divs {
-        if let Some(x) = deferred
-            && x <= t
-        {
-            outstanding_until = Some(x + duration);
-            min_next = x + duration + min_interval;
-            deferred = None;
-        }
-        if outstanding_until.is_some_and(|u| t <= u) || deferred.is_some() {
-            continue;
-        }
-        count += 1;
-        *by.entry(reason.as_str()).or_default() += 1;
-        if outstanding_until.is_some() && t < min_next {
-            deferred = Some(min_next);
-        } else {
-            outstanding_until = Some(t + duration);
-            min_next = t + duration + min_interval;
-        }
-    }
-    (count, by)
-}
-
 /// Run the whole replay and build the report. An `Err` means nothing could be read.
 pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, CaptureError> {
     let started = std::time::Instant::now();
@@ -254,7 +224,12 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             .map(|c| c.key)
             .unwrap_or_else(|| unreachable!());
         let mut rewrite = None;
+        let mut seq_align = None;
         if let (Some(pc), Some(sc)) = (&pi, &si) {
+            let (how, seq_delta) = align::decide(pc, sc);
+            if pc.key.proto == FlowProto::Tcp {
+                seq_align = Some(how);
+            }
             let v4 = |e: &colo_core::flow::Endpoint| {
                 e.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
             };
@@ -267,11 +242,12 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
                     0
                 }
             };
-            if v4(&pc.vm) == v4(&sc.vm) && (pc.key != sc.key || ack_delta != 0) {
+            if v4(&pc.vm) == v4(&sc.vm) && (pc.key != sc.key || ack_delta != 0 || seq_delta != 0) {
                 rewrite = Some(Rewrite {
                     src: (pc.vm.addr, pc.vm.port),
                     dst: (pc.client.addr, pc.client.port),
                     ack_delta,
+                    seq_delta,
                 });
             }
         }
@@ -289,7 +265,10 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             rewrite,
             engine_key,
             track: [Track::default(), Track::default()],
+            align: seq_align,
+            parked: Vec::new(),
             divergence: None,
+            divergences: 0,
             stopped: None,
             compared_at_stop: None,
         });
@@ -320,7 +299,6 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
     let config = EngineConfig {
         compare_timeout: Duration::from_millis(args.compare_timeout),
         checkpoint_min_interval: Duration::from_millis(args.checkpoint_min_interval),
-        seq_alignment: SeqAlignment::PerSideIsn,
         ack_gate: !args.no_ack_gate,
         ..EngineConfig::default()
     };
@@ -336,7 +314,11 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
         heads[s] = pull(&mut readers[s], &mut errs[s]);
     }
     let mut counts = [[0u64; 4]; 2]; // vm, client, other, cut
-    let mut first_divs: Vec<(u64, CheckpointReason)> = Vec::new();
+    let mut aligner = Aligner::new();
+    let mut gate = Checkpoints {
+        duration: Duration::from_millis(args.checkpoint_duration),
+        ..Checkpoints::default()
+    };
     let mut now = Instant::ZERO;
     let to_instant = |s: usize, ts: u64| Instant::from_micros(ts.saturating_sub(zero[s]) / 1000);
     loop {
@@ -360,27 +342,50 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
         }
         let t = to_instant(s, head.ts_ns);
         now = now.max(t);
-        // Deadlines that passed before this frame, at their own time.
+        // Deadlines and completed checkpoints before this frame, at their own time.
         let mut guard = 0;
-        while let Some(due) = engine.poll_timeout() {
-            if due > now || guard > 1_000_000 {
+        loop {
+            let timer = engine.poll_timeout().filter(|t| *t <= now);
+            let done = gate.done_at.filter(|t| *t <= now);
+            let (at, is_done) = match (timer, done) {
+                (None, None) => break,
+                (Some(t), Some(d)) if d <= t => (d, true),
+                (Some(t), _) => (t, false),
+                (None, Some(d)) => (d, true),
+            };
+            guard += 1;
+            if guard > 1_000_000 {
                 break;
             }
-            guard += 1;
-            engine.handle_timeout(due);
-            drain(&mut engine, &mut conns, &engine_keys, &mut first_divs);
+            if is_done {
+                gate.done_at = None;
+                engine.handle_checkpoint_resync(at);
+            } else {
+                engine.handle_timeout(at);
+            }
+            drain(&mut engine, &mut conns, &engine_keys, &mut gate, at);
         }
         feed(
-            &mut engine,
-            &mut conns,
-            &maps[s],
-            &vm[s],
+            &mut Feed {
+                engine: &mut engine,
+                aligner: &mut aligner,
+                conns: &mut conns,
+                map: &maps[s],
+                vm: &vm[s],
+                counts: &mut counts[s],
+            },
             s,
             head,
             now,
-            &mut counts[s],
         );
-        drain(&mut engine, &mut conns, &engine_keys, &mut first_divs);
+        drain(&mut engine, &mut conns, &engine_keys, &mut gate, now);
+    }
+    let parked: usize = conns.iter().map(|c| c.parked.len()).sum();
+    if parked > 0 {
+        warnings.push(format!(
+            "{parked} secondary frame(s) were never compared: the rewriter did not learn their \
+             connection's sequence offset (the primary capture lacks the client's handshake ACK)"
+        ));
     }
     let stats = engine.stats();
     // Global divergences (no flow) also count for checkpoints.
@@ -497,18 +502,14 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             "identical"
         };
         *summary.verdicts.entry(verdict).or_default() += 1;
-        if let Some(d) = &c.divergence {
-            *summary
-                .divergences_by_reason
-                .entry(d.reason().as_str())
-                .or_default() += 1;
-        }
         connections.push(ConnReport {
             id: id + 1,
             proto: proto_name(c.proto),
             flow: flow_name(c),
             verdict,
             paired_by: c.paired_by.map(PairedBy::as_str),
+            seq_alignment: c.align.map(SeqAlign::as_str),
+            divergences: c.divergences,
             primary: side(0),
             secondary: side(1),
             bytes_compared,
@@ -519,13 +520,10 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             note: c.stopped.clone(),
         });
     }
-    let (checkpoints, by) = count_checkpoints(
-        first_divs,
-        args.checkpoint_duration * 1000,
-        args.checkpoint_min_interval * 1000,
-    );
-    summary.checkpoints = checkpoints;
-    summary.checkpoints_by_reason = by;
+    summary.checkpoints = gate.count;
+    summary.checkpoints_by_reason = gate.by_reason;
+    summary.divergences_by_reason = gate.divergences_by_reason;
+    summary.checkpoint_model = CHECKPOINT_MODEL;
     summary.connections = connections.len();
     summary.wall_seconds = started.elapsed().as_secs_f64();
     let damaged = ix.iter().any(|i| i.error.is_some()) || errs.iter().any(Option::is_some);
@@ -623,18 +621,33 @@ fn flow_name(c: &Conn) -> String {
     }
 }
 
+/// The checkpoint requests the engine made, and the completion of the outstanding one.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    /// How long a checkpoint takes (`--checkpoint-duration`).
+    duration: Duration,
+    /// When the outstanding checkpoint completes.
+    done_at: Option<Instant>,
+    /// Requests.
+    count: u64,
+    /// Requests per reason of their cause.
+    by_reason: BTreeMap<&'static str, u64>,
+    /// Every divergence per reason.
+    divergences_by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// What feeding one packet needs.
+struct Feed<'a> {
+    engine: &'a mut Engine,
+    aligner: &'a mut Aligner,
+    conns: &'a mut [Conn],
+    map: &'a FastMap<FlowKey, usize>,
+    vm: &'a VmSide,
+    counts: &'a mut [u64; 4],
+}
+
 /// Feed one packet of capture `s`.
-#[allow(clippy::too_many_arguments)]
-fn feed(
-    engine: &mut Engine,
-    conns: &mut [Conn],
-    map: &FastMap<FlowKey, usize>,
-    vm: &VmSide,
-    s: usize,
-    head: Head,
-    now: Instant,
-    counts: &mut [u64; 4],
-) {
+fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
     let Head {
         number,
         cut,
@@ -642,30 +655,42 @@ fn feed(
         mut eth,
         ..
     } = head;
-    let c = classify(&eth);
-    let Some(&id) = map.get(&c.key) else {
-        counts[2] += 1;
+    let mut c = classify(&eth);
+    let Some(&id) = f.map.get(&c.key) else {
+        f.counts[2] += 1;
         return;
     };
-    let conn = &mut conns[id];
+    let conn = &mut f.conns[id];
     let Some(info) = &conn.info[s] else { return };
     let non_ip = matches!(
         c.key.proto,
         FlowProto::Arp | FlowProto::Ethertype(_) | FlowProto::Unparsed
     );
     let from_vm = if non_ip {
-        vm.macs.is_empty() || vm.is_vm_mac(headers::src_mac(&eth))
+        f.vm.macs.is_empty() || f.vm.is_vm_mac(headers::src_mac(&eth))
     } else {
         c.dir == info.vm_dir
     };
     if !from_vm {
-        counts[1] += 1;
+        f.counts[1] += 1;
         if s == 0 && !conn.is_stopped() && !cut {
-            engine.observe_client_frame(now, &Frame::ethernet(eth));
+            f.engine.observe_client_classified(now, &c);
+            if conn.align == Some(SeqAlign::Rewriter) {
+                // What the secondary host would have received: teaches the rewriter.
+                f.aligner.client_input(now, &mut eth);
+                if !conn.parked.is_empty() && f.aligner.learned(&info.key) {
+                    let parked = std::mem::take(&mut conn.parked);
+                    for mut frame in parked {
+                        f.aligner.secondary_output(now, &mut frame);
+                        f.engine
+                            .handle_frame(now, Side::Secondary, Frame::ethernet(frame));
+                    }
+                }
+            }
         }
         return;
     }
-    counts[0] += 1;
+    f.counts[0] += 1;
     let track = &mut conn.track[s];
     match &c.l4 {
         L4::Tcp(t) => {
@@ -677,7 +702,7 @@ fn feed(
         }
     }
     if cut {
-        counts[3] += 1;
+        f.counts[3] += 1;
         track.cut += 1;
         if !conn.is_stopped() {
             let at = conn.track[0].end.min(conn.track[1].end);
@@ -692,38 +717,89 @@ fn feed(
     if conn.is_stopped() {
         return;
     }
-    let side = if s == 0 {
-        Side::Primary
-    } else {
-        Side::Secondary
-    };
-    if s == 1
-        && let Some(rw) = &conn.rewrite
-    {
-        headers::rewrite(&mut eth, rw);
+    if s == 0 {
+        f.engine
+            .handle_classified(now, Side::Primary, Frame::ethernet(Bytes::from(eth)), c);
+        return;
     }
-    engine.handle_frame(now, side, Frame::ethernet(Bytes::from(eth)));
+    let mut changed = false;
+    if let Some(rw) = &conn.rewrite {
+        headers::rewrite(&mut eth, rw);
+        changed = true;
+    }
+    if conn.align == Some(SeqAlign::Rewriter) && c.tcp().is_some() {
+        if !conn.parked.is_empty() || !f.aligner.secondary_output(now, &mut eth) {
+            // The rewriter cannot translate it yet: keep it (in order) until the
+            // primary's client has shown the primary's ISN.
+            if conn.parked.len() < MAX_PARKED {
+                conn.parked.push(eth);
+            } else if conn.stopped.is_none() {
+                conn.compared_at_stop = Some(0);
+                conn.stopped = Some(format!(
+                    "not compared after packet #{number} of the secondary capture: the \
+                     rewriter never learnt the sequence offset"
+                ));
+            }
+            return;
+        }
+        changed = true;
+    }
+    if changed {
+        patch(&mut c, &eth, conn.info[0].as_ref());
+    }
+    f.engine
+        .handle_classified(now, Side::Secondary, Frame::ethernet(Bytes::from(eth)), c);
+}
+
+/// Bring a secondary frame's classification up to date after its addresses, ports and
+/// sequence numbers were rewritten in place (lengths and offsets do not change). Only
+/// TCP is patched; anything else is classified again.
+fn patch(c: &mut Classified, eth: &[u8], primary: Option<&ConnInfo>) {
+    let fields = match (&mut c.l4, primary) {
+        (L4::Tcp(t), Some(p)) => eth
+            .get(t.tcp_offset + 4..t.tcp_offset + 12)
+            .map(|b| (t, p, b)),
+        _ => None,
+    };
+    match fields {
+        Some((t, p, b)) => {
+            t.seq = colo_core::Seq(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            t.ack = colo_core::Seq(u32::from_be_bytes([b[4], b[5], b[6], b[7]]));
+            c.key = p.key;
+            c.dir = p.vm_dir;
+        }
+        None => *c = classify(eth),
+    }
 }
 
 fn drain(
     engine: &mut Engine,
     conns: &mut [Conn],
     keys: &FastMap<FlowKey, usize>,
-    first_divs: &mut Vec<(u64, CheckpointReason)>,
+    gate: &mut Checkpoints,
+    now: Instant,
 ) {
     while let Some(out) = engine.poll_output() {
-        if let Output::Divergence(d) = out {
-            match d.flow.and_then(|f| keys.get(&f)) {
-                Some(&id) => {
+        match out {
+            Output::Divergence(d) => {
+                *gate
+                    .divergences_by_reason
+                    .entry(d.reason().as_str())
+                    .or_default() += 1;
+                if let Some(&id) = d.flow.and_then(|f| keys.get(&f)) {
                     let c = &mut conns[id];
-                    if c.is_stopped() {
-                        continue;
+                    c.divergences += 1;
+                    if c.divergence.is_none() {
+                        c.divergence = Some(d);
                     }
-                    first_divs.push((d.at.as_micros(), d.reason()));
-                    c.divergence = Some(d);
                 }
-                None => first_divs.push((d.at.as_micros(), d.reason())),
             }
+            Output::RequestCheckpoint(r) => {
+                gate.count += 1;
+                *gate.by_reason.entry(r.cause.reason().as_str()).or_default() += 1;
+                gate.done_at = Some(now + gate.duration);
+            }
+            Output::Release(_) | Output::LimitReached { .. } => {}
         }
     }
 }

@@ -9,8 +9,7 @@ use super::args::ReplayArgs;
 use super::capture::{CaptureReader, Link, to_ethernet};
 use super::headers;
 use super::progress::Progress;
-use super::run::{self, count_checkpoints};
-use colo_core::engine::CheckpointReason;
+use super::run;
 
 #[derive(Debug, Parser)]
 struct Wrap {
@@ -123,21 +122,6 @@ fn fixture_identical_to_itself() {
         let r = replay(&[], &fixture(name), &fixture(name));
         assert_eq!(r.result, "identical", "{name}: {}", r.text());
     }
-}
-
-#[test]
-fn checkpoint_gate_coalesces_bursts() {
-    let p = CheckpointReason::Payload;
-    // Two divergences 10 us apart during a 50 ms checkpoint: one request. One 1 s
-    // later: a second request.
-    let (n, _) = count_checkpoints(vec![(0, p), (10, p), (1_000_000, p)], 50_000, 100_000);
-    assert_eq!(n, 2);
-    // Within the minimum interval after a checkpoint: deferred, still one more.
-    let (n, _) = count_checkpoints(vec![(0, p), (50_000, p), (60_000, p)], 0, 100_000);
-    assert_eq!(n, 2);
-    // During a long checkpoint: folded in.
-    let (n, _) = count_checkpoints(vec![(0, p), (50_000, p)], 200_000, 100_000);
-    assert_eq!(n, 1);
 }
 
 #[test]
