@@ -23,11 +23,12 @@
 //! (`checkpoint_min_interval`, one request outstanding), so the count is exact under
 //! this model.
 
+use crate::flow::{FlowDir, FlowKey};
 use crate::frame::Side;
-use crate::reassembly::StreamReassembler;
 use crate::time::Instant;
 
-use super::conn::{DatagramConn, HeldFrame, Proto, TcpConn, TcpSideState};
+use super::conn::{DatagramConn, HeldFrame, Proto, TcpConn};
+use super::table::ConnKey;
 use super::{DropReason, Engine};
 
 impl Engine {
@@ -81,16 +82,32 @@ impl Engine {
         self.stats.checkpoints_done += 1;
         self.gate.done(self.now);
     }
-}
 
-/// The stream offset after the furthest byte (or FIN) a side has sent.
-fn send_position(stream: &StreamReassembler, side: &TcpSideState) -> u64 {
-    let mut pos = stream.highest_end();
-    if let (Some(base), Some(next)) = (side.base, side.next_seq) {
-        let at = stream.front();
-        pos = pos.max(at.saturating_add_signed(next.diff(base.add(at as u32))));
+    /// Forget the connection of `flow` (either direction): a new connection of an
+    /// offline replay reuses its addresses and ports (a 4-tuple reused after close, as
+    /// TIME_WAIT allows, well inside `close_linger`). Its held primary frames are
+    /// released. Returns whether it still had something waiting for comparison (held
+    /// frames or unmatched secondary output), which the caller reports.
+    pub fn forget_connection(&mut self, flow: &FlowKey) -> bool {
+        let mut pending = false;
+        for dir in [FlowDir::LoToHi, FlowDir::HiToLo] {
+            let Some(slot) = self.table.lookup(&ConnKey { flow: *flow, dir }) else {
+                continue;
+            };
+            let Some(mut conn) = self.table.remove(slot) else {
+                continue;
+            };
+            pending |= !conn.is_quiescent() && !conn.diverged;
+            self.total_bytes = self.total_bytes.saturating_sub(conn.bytes());
+            let held: Vec<HeldFrame> = conn.held.drain().collect();
+            self.stats.held_frames = self.stats.held_frames.saturating_sub(held.len() as u64);
+            self.stats.connections_expired += 1;
+            for h in held {
+                self.release(h.frame);
+            }
+        }
+        pending
     }
-    pos
 }
 
 /// Restart a diverged stream with each side at its own send position. Returns the
@@ -99,8 +116,10 @@ fn resync_tcp(tcp: &mut TcpConn) -> u64 {
     let discarded = (tcp.streams[1].buffered_bytes() + tcp.parked_bytes) as u64;
     tcp.parked.clear();
     tcp.parked_bytes = 0;
-    let primary_at = send_position(&tcp.streams[0], &tcp.sides[0]);
-    let secondary_at = send_position(&tcp.streams[1], &tcp.sides[1]);
+    // Each side's send position: the end of the furthest stream byte it sent. (Not
+    // `next_seq`: in the shared space the secondary's SYN keeps its own number.)
+    let primary_at = tcp.streams[0].highest_end();
+    let secondary_at = tcp.streams[1].highest_end();
     tcp.streams[0].reset(primary_at);
     tcp.streams[1].reset(primary_at);
     let own = &tcp.sides[1];
@@ -110,7 +129,6 @@ fn resync_tcp(tcp: &mut TcpConn) -> u64 {
         Some(base) => Some(base.add(secondary_at.wrapping_sub(primary_at) as u32)),
         None => tcp.sides[0].base,
     };
-    copy.next_seq = own.next_seq.or(copy.next_seq);
     copy.window = own.window.or(copy.window);
     tcp.sides[1] = copy;
     discarded
@@ -328,5 +346,38 @@ mod tests {
         let wrong = classify(long.ethernet_bytes());
         e.handle_classified(ms(0), Side::Primary, short, wrong);
         assert_eq!(e.stats().tcp_payload_in[0], 2);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::super::{Engine, EngineConfig, Output};
+    use crate::frame::Side;
+    use crate::sim::{FlowAddrs, TcpSender};
+    use crate::time::Instant;
+
+    #[test]
+    fn resync_in_the_shared_sequence_space() {
+        let mut e = Engine::new(EngineConfig::default());
+        let a = FlowAddrs::v4(1);
+        let (mut p, mut s) = (TcpSender::new(a, 1000, 1), TcpSender::new(a, 1000, 1));
+        e.handle_frame(Instant::ZERO, Side::Primary, p.syn_ack());
+        // The secondary's SYN-ACK passes the rewriter with its own ISN.
+        let mut own = TcpSender::new(a, 900_000, 1);
+        e.handle_frame(Instant::ZERO, Side::Secondary, own.syn_ack());
+        s.syn_ack();
+        e.handle_frame(Instant::ZERO, Side::Primary, p.data(b"t=100\n"));
+        e.handle_frame(Instant::ZERO, Side::Secondary, s.data(b"t=7\n"));
+        e.handle_checkpoint_resync(Instant::from_millis(1));
+        e.handle_frame(Instant::from_millis(500), Side::Primary, p.data(b"a\n"));
+        e.handle_frame(Instant::from_millis(500), Side::Secondary, s.data(b"a\n"));
+        e.handle_frame(Instant::from_millis(900), Side::Primary, p.data(b"t=102\n"));
+        e.handle_frame(Instant::from_millis(900), Side::Secondary, s.data(b"t=9\n"));
+        let mut divs = 0;
+        while let Some(o) = e.poll_output() {
+            divs += usize::from(matches!(o, Output::Divergence(_)));
+        }
+        assert_eq!(e.stats().stale_bytes, [0, 0], "{:?}", e.stats());
+        assert_eq!(divs, 2, "{:?}", e.stats());
     }
 }

@@ -166,7 +166,7 @@ fn scan(
         let missing = normalize(&p, &mut eth).unwrap_or(0);
         progress.tick(reader.position());
         let c = classify(&eth);
-        let Some(&id) = state.maps[s].get(&c.key) else {
+        let Some(id) = state.maps[s].get(&c.key, number) else {
             continue;
         };
         let Some(&target) = targets.get(&id) else {

@@ -39,9 +39,10 @@ pub struct FlowInfo {
 /// What pass 1 learnt about one capture.
 #[derive(Debug, Default)]
 pub struct CaptureIndex {
-    /// Flows in order of first appearance.
+    /// Flows in order of first appearance. A TCP 4-tuple reused by a new connection
+    /// (a SYN with another ISN) starts a new flow with the same key.
     pub flows: Vec<FlowInfo>,
-    /// Flow key to position in `flows`.
+    /// Flow key to position in `flows` of its latest connection.
     pub map: FastMap<FlowKey, usize>,
     /// Packets read.
     pub packets: u64,
@@ -103,7 +104,17 @@ pub fn index_capture(path: &Path, progress: &mut Progress) -> Result<CaptureInde
         let src_mac = headers::src_mac(eth);
         progress.tick(reader.position());
         let n = ix.flows.len();
-        let at = *ix.map.entry(c.key).or_insert(n);
+        let mut at = *ix.map.entry(c.key).or_insert(n);
+        if let L4::Tcp(t) = &c.l4
+            && at < n
+            && t.flags.contains(TcpFlags::SYN)
+            && !t.flags.contains(TcpFlags::ACK)
+            && ix.flows[at].syn[idx(c.dir)].is_some_and(|isn| isn != t.seq.0)
+        {
+            // The 4-tuple is reused by a new connection.
+            at = n;
+            ix.map.insert(c.key, n);
+        }
         if at == n {
             ix.flows.push(FlowInfo {
                 key: c.key,
@@ -369,6 +380,9 @@ pub enum PairedBy {
     OrderClientPortDiffers,
     /// Non-IP traffic (ARP, other ethertypes): same kind and VLAN.
     SameKind,
+    /// ICMP echo flows of the same peer whose identifiers differ: matched by order of
+    /// appearance.
+    OrderIcmpIdDiffers,
 }
 
 impl PairedBy {
@@ -380,6 +394,7 @@ impl PairedBy {
             Self::OrderVmPortDiffers => "order_vm_port_differs",
             Self::OrderClientPortDiffers => "order_client_port_differs",
             Self::SameKind => "same_kind",
+            Self::OrderIcmpIdDiffers => "order_icmp_id_differs",
         }
     }
 }
@@ -402,7 +417,7 @@ pub fn pair(
     };
     type Group = (FlowProto, [u16; 2], [u8; 16], u16);
     type GroupOf = fn(&ConnInfo) -> Group;
-    let rounds: [(PairedBy, GroupOf); 3] = [
+    let rounds: [(PairedBy, GroupOf); 4] = [
         (PairedBy::ClientEndpoint, |c| {
             (c.key.proto, c.key.vlan, c.client.addr, c.client.port)
         }),
@@ -411,6 +426,10 @@ pub fn pair(
         }),
         (PairedBy::OrderClientPortDiffers, |c| {
             (c.key.proto, c.key.vlan, c.client.addr, c.vm.port)
+        }),
+        // ICMP echo: the identifier is both endpoints' "port"; pair by peer and order.
+        (PairedBy::OrderIcmpIdDiffers, |c| {
+            (c.key.proto, c.key.vlan, c.client.addr, 0)
         }),
     ];
     // Non-IP: by kind.
@@ -425,13 +444,15 @@ pub fn pair(
     }
     for (round, (how, group)) in rounds.iter().enumerate() {
         let mut free_s: HashMap<Group, std::collections::VecDeque<usize>> = HashMap::new();
+        let icmp_only = *how == PairedBy::OrderIcmpIdDiffers;
         for (j, sc) in s.iter().enumerate() {
-            if p_of_s[j].is_none() && !non_ip(sc) {
+            if p_of_s[j].is_none() && !non_ip(sc) && (!icmp_only || sc.key.proto == FlowProto::Icmp)
+            {
                 free_s.entry(group(sc)).or_default().push_back(j);
             }
         }
         for (i, pc) in p.iter().enumerate() {
-            if s_of_p[i].is_some() || non_ip(pc) {
+            if s_of_p[i].is_some() || non_ip(pc) || icmp_only && pc.key.proto != FlowProto::Icmp {
                 continue;
             }
             let Some(q) = free_s.get_mut(&group(pc)) else {
@@ -465,6 +486,50 @@ pub fn pair(
             .map(|j| (None, Some(j), None)),
     );
     out
+}
+
+/// Flow key and packet number to connection id, for one capture: a 4-tuple reused by
+/// later connections maps to each of them from its first packet on.
+#[derive(Debug, Default)]
+pub struct ConnMap(FastMap<FlowKey, Generations>);
+
+#[derive(Debug)]
+struct Generations {
+    id: usize,
+    /// Later connections on the key: (first packet number, id), in order.
+    later: Vec<(u64, usize)>,
+}
+
+impl ConnMap {
+    /// Record that connection `id` uses `key` from packet `first` on. Calls for one
+    /// key must come in packet order.
+    pub fn insert(&mut self, key: FlowKey, first: u64, id: usize) {
+        match self.0.get_mut(&key) {
+            Some(g) => g.later.push((first, id)),
+            None => {
+                self.0.insert(
+                    key,
+                    Generations {
+                        id,
+                        later: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The connection packet `number` with flow `key` belongs to.
+    #[must_use]
+    pub fn get(&self, key: &FlowKey, number: u64) -> Option<usize> {
+        let g = self.0.get(key)?;
+        Some(
+            g.later
+                .iter()
+                .rev()
+                .find(|(first, _)| *first <= number)
+                .map_or(g.id, |(_, id)| *id),
+        )
+    }
 }
 
 /// A fast hasher for flow keys (FNV-1a over 8-byte words; the keys are not

@@ -23,6 +23,8 @@ pub mod report;
 pub mod run;
 
 #[cfg(test)]
+mod synthetic_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::{IsTerminal, Write};

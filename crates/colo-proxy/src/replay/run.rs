@@ -14,7 +14,7 @@ use super::args::{Clock, ReplayArgs};
 use super::capture::{CaptureError, CaptureReader, normalize};
 use super::context;
 use super::headers::{self, Rewrite};
-use super::index::{self, CaptureIndex, ConnInfo, FastMap, PairedBy, VmOptions, VmSide};
+use super::index::{self, CaptureIndex, ConnInfo, ConnMap, FastMap, PairedBy, VmOptions, VmSide};
 use super::progress::Progress;
 use super::report::{
     CHECKPOINT_MODEL, ConfigReport, ConnReport, InputError, InputReport, OneSided, Report, SCHEMA,
@@ -130,8 +130,8 @@ const MAX_PARKED: usize = 256;
 pub struct State {
     /// The connections.
     pub conns: Vec<Conn>,
-    /// Per capture: flow key → connection.
-    pub maps: [FastMap<FlowKey, usize>; 2],
+    /// Per capture: flow key and packet number → connection.
+    pub maps: [ConnMap; 2],
     /// Per capture VM side.
     pub vm: [VmSide; 2],
     /// Capture time of engine time zero, per capture (ns).
@@ -211,8 +211,10 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
 
     let mut warnings = Vec::new();
     let mut conns = Vec::new();
-    let mut maps: [FastMap<FlowKey, usize>; 2] = [FastMap::default(), FastMap::default()];
+    let mut maps: [ConnMap; 2] = [ConnMap::default(), ConnMap::default()];
+    // Engine flow key → the connection using it now (4-tuples may be reused).
     let mut engine_keys: FastMap<FlowKey, usize> = FastMap::default();
+    let mut gens: [Vec<(u64, FlowKey, usize)>; 2] = [Vec::new(), Vec::new()];
     let mut no_isn = 0;
     for (p, s, how) in pairs {
         let pi = p.map(|i| conns_of[0][i].clone());
@@ -252,12 +254,11 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             }
         }
         if let Some(c) = &pi {
-            maps[0].insert(c.key, id);
+            gens[0].push((c.first.0, c.key, id));
         }
         if let Some(c) = &si {
-            maps[1].insert(c.key, id);
+            gens[1].push((c.first.0, c.key, id));
         }
-        engine_keys.insert(engine_key, id);
         conns.push(Conn {
             proto: engine_key.proto,
             info: [pi, si],
@@ -272,6 +273,12 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
             stopped: None,
             compared_at_stop: None,
         });
+    }
+    for (s, g) in gens.iter_mut().enumerate() {
+        g.sort_unstable_by_key(|x| x.0);
+        for &(first, key, id) in g.iter() {
+            maps[s].insert(key, first, id);
+        }
     }
     if no_isn > 0 && !args.no_ack_gate {
         warnings.push(format!(
@@ -370,6 +377,7 @@ pub fn replay(args: &ReplayArgs, progress: &mut Progress) -> Result<Report, Capt
                 engine: &mut engine,
                 aligner: &mut aligner,
                 conns: &mut conns,
+                engine_keys: &mut engine_keys,
                 map: &maps[s],
                 vm: &vm[s],
                 counts: &mut counts[s],
@@ -641,7 +649,8 @@ struct Feed<'a> {
     engine: &'a mut Engine,
     aligner: &'a mut Aligner,
     conns: &'a mut [Conn],
-    map: &'a FastMap<FlowKey, usize>,
+    engine_keys: &'a mut FastMap<FlowKey, usize>,
+    map: &'a ConnMap,
     vm: &'a VmSide,
     counts: &'a mut [u64; 4],
 }
@@ -656,10 +665,11 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
         ..
     } = head;
     let mut c = classify(&eth);
-    let Some(&id) = f.map.get(&c.key) else {
+    let Some(id) = f.map.get(&c.key, number) else {
         f.counts[2] += 1;
         return;
     };
+    claim_engine_key(f, id);
     let conn = &mut f.conns[id];
     let Some(info) = &conn.info[s] else { return };
     let non_ip = matches!(
@@ -749,6 +759,35 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
     }
     f.engine
         .handle_classified(now, Side::Secondary, Frame::ethernet(Bytes::from(eth)), c);
+}
+
+/// Make connection `id` the one the engine compares under its flow key. When a later
+/// connection reuses the addresses and ports of an earlier one, the engine forgets the
+/// earlier one; frames of the earlier one that come after that are not compared.
+fn claim_engine_key(f: &mut Feed<'_>, id: usize) {
+    let key = f.conns[id].engine_key;
+    let current = *f.engine_keys.entry(key).or_insert(id);
+    if current == id || f.conns[id].is_stopped() {
+        return;
+    }
+    if current < id {
+        let pending = f.engine.forget_connection(&key);
+        f.engine_keys.insert(key, id);
+        let old = &mut f.conns[current];
+        if pending && !old.is_stopped() && old.divergence.is_none() {
+            old.compared_at_stop = Some(old.track[0].end.min(old.track[1].end));
+            old.stopped = Some(
+                "comparison cut short: a later connection reused its addresses and ports".into(),
+            );
+        }
+    } else {
+        let late = &mut f.conns[id];
+        late.compared_at_stop = Some(late.track[0].end.min(late.track[1].end));
+        late.stopped = Some(
+            "not compared further: a later connection already reused its addresses and ports"
+                .into(),
+        );
+    }
 }
 
 /// Bring a secondary frame's classification up to date after its addresses, ports and
