@@ -88,7 +88,11 @@ fn given(argv: &[OsString], scan: &Scan, long: &str) -> bool {
 /// file). `env` is the value of [`ENV`]. Errors name the file, line and key.
 pub fn expand(argv: Vec<OsString>, env: Option<OsString>) -> Result<Vec<OsString>, String> {
     let scan = scan(&argv);
-    let Some(path) = scan.config.clone().or_else(|| env.filter(|e| !e.is_empty())) else {
+    let Some(path) = scan
+        .config
+        .clone()
+        .or_else(|| env.filter(|e| !e.is_empty()))
+    else {
         return Ok(argv);
     };
     let path = Path::new(&path);

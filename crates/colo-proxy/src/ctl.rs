@@ -1,6 +1,6 @@
 //! `colo-proxy ctl`: send one command to a proxy's control socket and print the
 //! reply (pretty JSON). Events the proxy pushes meanwhile are skipped. Exits 1 if
-//! the reply says `"ok": false`.
+//! the reply says `"ok": false`, 2 if the command's arguments are wrong.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -21,7 +21,13 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<ExitCode> {
     let mut stream = UnixStream::connect(path)
         .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let request = request(args)?;
+    let request = match request(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     writeln!(stream, "{request}").context("cannot send the command")?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();

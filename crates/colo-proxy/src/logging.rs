@@ -25,18 +25,23 @@ static FILTER: OnceLock<Mutex<Reloadable>> = OnceLock::new();
 
 /// Install the global subscriber. `level` is the `--log-level` value, if any.
 pub fn init(level: Option<&str>) -> anyhow::Result<()> {
-    let filter = match level {
-        Some(spec) => EnvFilter::try_new(spec).map_err(|e| {
-            anyhow!("invalid --log-level {spec:?} ({e}); try error, warn, info, debug or trace")
-        })?,
-        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
-            Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).map_err(|e| {
-                anyhow!("invalid RUST_LOG {spec:?} ({e}); unset it or set a level such as info")
+    let (filter, current) = match level {
+        Some(spec) => (
+            EnvFilter::try_new(spec).map_err(|e| {
+                anyhow!("invalid --log-level {spec:?} ({e}); try error, warn, info, debug or trace")
             })?,
-            _ => EnvFilter::new(DEFAULT_FILTER),
+            spec.to_owned(),
+        ),
+        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
+            Ok(spec) if !spec.trim().is_empty() => (
+                EnvFilter::try_new(&spec).map_err(|e| {
+                    anyhow!("invalid RUST_LOG {spec:?} ({e}); unset it or set a level such as info")
+                })?,
+                spec,
+            ),
+            _ => (EnvFilter::new(DEFAULT_FILTER), DEFAULT_FILTER.to_owned()),
         },
     };
-    let current = filter.to_string();
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -52,8 +57,8 @@ pub fn init(level: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replace the log filter; returns the old and the new filter text. A directive that
-/// does not parse leaves the filter as it was.
+/// Replace the log filter; returns the old and the new filter text (as written by
+/// the operator). A directive that does not parse leaves the filter as it was.
 pub fn set_filter(spec: &str) -> Result<(String, String), String> {
     let spec = spec.trim();
     if spec.is_empty() {
@@ -69,7 +74,7 @@ pub fn set_filter(spec: &str) -> Result<(String, String), String> {
              directive list such as warn,colo_proxy=debug"
         )
     })?;
-    let new = filter.to_string();
+    let new = spec.to_owned();
     let Some(lock) = FILTER.get() else {
         return Err("logging is not set up in this process".to_owned());
     };
