@@ -74,13 +74,20 @@ fn scan(argv: &[OsString]) -> Scan {
     s
 }
 
-/// Whether the command line (before `--`) sets the flag `--long` itself.
+/// Whether the command line (before `--`) sets the flag `--long` (or `-short`) itself.
 fn given(argv: &[OsString], scan: &Scan, long: &str) -> bool {
+    given_as(argv, scan, long, None)
+}
+
+fn given_as(argv: &[OsString], scan: &Scan, long: &str, short: Option<char>) -> bool {
     let flag = format!("--{long}");
     let with_value = format!("--{long}=");
+    let short = short.map(|c| format!("-{c}"));
     argv[1..scan.end].iter().any(|t| {
         let t = t.to_string_lossy();
-        t == flag.as_str() || t.starts_with(&with_value)
+        t == flag.as_str()
+            || t.starts_with(&with_value)
+            || short.as_deref().is_some_and(|s| t.starts_with(s))
     })
 }
 
@@ -150,8 +157,8 @@ pub fn expand(argv: Vec<OsString>, env: Option<OsString>) -> Result<Vec<OsString
         };
         let args = file.table_args(sub, options)?;
         if running.as_deref() == Some(name) {
-            for (long, flags) in args {
-                if !given(&argv, &scan, &long) {
+            for (long, short, flags) in args {
+                if !given_as(&argv, &scan, &long, short) {
                     inserted.extend(flags);
                 }
             }
@@ -190,13 +197,13 @@ impl File<'_> {
             + 1
     }
 
-    /// The flags for one command's table: `(long, flags)` per key, each value
+    /// The flags for one command's table: `(long, short, flags)` per key, each value
     /// checked with its flag's own parser.
     fn table_args(
         &self,
         sub: &clap::Command,
         options: &DeTable<'_>,
-    ) -> Result<Vec<(String, Vec<OsString>)>, String> {
+    ) -> Result<Vec<(String, Option<char>, Vec<OsString>)>, String> {
         let table = sub.get_name();
         let mut out = Vec::new();
         for (key, value) in options {
@@ -216,7 +223,7 @@ impl File<'_> {
             for f in &flags {
                 check_value(arg, f).map_err(|e| format!("{here}: {e}"))?;
             }
-            out.push((name.to_owned(), flags));
+            out.push((name.to_owned(), arg.get_short(), flags));
         }
         Ok(out)
     }

@@ -109,6 +109,15 @@ fn flags_override_the_file() {
 }
 
 #[test]
+fn short_flags_also_override_the_file() {
+    let cli = parse_with(Some("[demo]\nquiet = true\nseed = 7\n"), &["demo", "-q"]).unwrap();
+    match cli.command {
+        Command::Demo(d) => assert!(d.quiet && d.seed == 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn environment_names_the_file_and_the_flag_wins_over_it() {
     let mut env_file = tempfile::NamedTempFile::new().unwrap();
     write!(env_file, "[compare]\n{ENDPOINTS}compare-timeout = 11\n").unwrap();
