@@ -157,9 +157,9 @@ pub fn expand(argv: Vec<OsString>, env: Option<OsString>) -> Result<Vec<OsString
         };
         let args = file.table_args(sub, options)?;
         if running.as_deref() == Some(name) {
-            for (long, short, flags) in args {
-                if !given_as(&argv, &scan, &long, short) {
-                    inserted.extend(flags);
+            for key in args {
+                if !given_as(&argv, &scan, &key.long, key.short) {
+                    inserted.extend(key.flags);
                 }
             }
         }
@@ -182,6 +182,16 @@ pub fn expand(argv: Vec<OsString>, env: Option<OsString>) -> Result<Vec<OsString
     Ok(out)
 }
 
+/// The flags one key of a table stands for.
+struct KeyFlags {
+    /// The key, which is the flag's long name.
+    long: String,
+    /// The flag's short name, if any.
+    short: Option<char>,
+    /// What to insert into the command line.
+    flags: Vec<OsString>,
+}
+
 /// The file being read, for error messages.
 struct File<'a> {
     path: &'a str,
@@ -197,13 +207,13 @@ impl File<'_> {
             + 1
     }
 
-    /// The flags for one command's table: `(long, short, flags)` per key, each value
+    /// The flags for one command's table, per key, each value
     /// checked with its flag's own parser.
     fn table_args(
         &self,
         sub: &clap::Command,
         options: &DeTable<'_>,
-    ) -> Result<Vec<(String, Option<char>, Vec<OsString>)>, String> {
+    ) -> Result<Vec<KeyFlags>, String> {
         let table = sub.get_name();
         let mut out = Vec::new();
         for (key, value) in options {
@@ -223,7 +233,11 @@ impl File<'_> {
             for f in &flags {
                 check_value(arg, f).map_err(|e| format!("{here}: {e}"))?;
             }
-            out.push((name.to_owned(), arg.get_short(), flags));
+            out.push(KeyFlags {
+                long: name.to_owned(),
+                short: arg.get_short(),
+                flags,
+            });
         }
         Ok(out)
     }
