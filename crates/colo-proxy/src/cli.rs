@@ -20,6 +20,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_log_filter)]
     pub log_level: Option<String>,
 
+    /// Read options from this TOML file (also `COLO_PROXY_CONFIG`): top-level
+    /// `log-level`, and a table per command (`[compare]`, `[rewrite]`, ...) with keys
+    /// named like the long flags. Flags on the command line win over the file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (file, flags and defaults) as TOML and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -118,6 +128,17 @@ pub struct CompareArgs {
     /// it released frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub outdev_buffer: u64,
+
+    /// Serve Prometheus metrics over HTTP (GET /metrics) on `tcp:HOST:PORT`.
+    #[arg(long, value_name = "tcp:HOST:PORT",
+          value_parser = crate::shell::metrics::parse_metrics_addr)]
+    pub metrics: Option<String>,
+
+    /// Release the primary's output of matching flows without comparing (and discard
+    /// the secondary's): `PROTO:PORT` or `PROTO:ADDR:PORT`, PROTO tcp or udp, e.g.
+    /// `udp:123` (NTP). Repeatable. More can be set at run time (set-flow-policy).
+    #[arg(long, value_name = "PROTO:[ADDR:]PORT", action = clap::ArgAction::Append)]
+    pub pass_port: Vec<colo_core::engine::FlowMatch>,
 }
 
 impl CompareArgs {
@@ -135,6 +156,12 @@ impl CompareArgs {
                 }
             }
         }
+        anyhow::ensure!(
+            self.pass_port.len() <= colo_core::engine::EngineConfig::default().max_flow_rules,
+            "too many --pass-port rules ({}); at most {}",
+            self.pass_port.len(),
+            colo_core::engine::EngineConfig::default().max_flow_rules
+        );
         Ok(())
     }
 }
@@ -179,6 +206,11 @@ pub struct RewriteArgs {
     /// are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub out_buffer: u64,
+
+    /// Serve Prometheus metrics over HTTP (GET /metrics) on `tcp:HOST:PORT`.
+    #[arg(long, value_name = "tcp:HOST:PORT",
+          value_parser = crate::shell::metrics::parse_metrics_addr)]
+    pub metrics: Option<String>,
 }
 
 impl RewriteArgs {
@@ -211,6 +243,11 @@ pub struct CtlArgs {
     /// The command to send.
     #[arg(value_enum)]
     pub command: CtlCommand,
+
+    /// The command's arguments: `set-log-level FILTER`,
+    /// `set-flow-policy PROTO:[ADDR:]PORT pass|compare`.
+    #[arg(value_name = "ARG")]
+    pub args: Vec<String>,
 }
 
 /// Commands `colo-proxy ctl` can send.
@@ -223,6 +260,12 @@ pub enum CtlCommand {
     /// Tell the proxy the other VM is gone (compare: stop comparing; rewrite: new
     /// connections pass untouched).
     Failover,
+    /// Change the log filter: `set-log-level debug` or `set-log-level warn,colo_proxy=debug`.
+    SetLogLevel,
+    /// Set a flow's policy (compare): `set-flow-policy udp:123 pass`.
+    SetFlowPolicy,
+    /// List the flow policies in force (compare).
+    GetFlowPolicy,
 }
 
 impl CtlCommand {
@@ -233,6 +276,9 @@ impl CtlCommand {
             Self::Stats => "stats",
             Self::CheckpointDone => "checkpoint-done",
             Self::Failover => "failover",
+            Self::SetLogLevel => "set-log-level",
+            Self::SetFlowPolicy => "set-flow-policy",
+            Self::GetFlowPolicy => "get-flow-policy",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `colo-proxy ctl`: send one command to a proxy's control socket and print the
 //! reply (pretty JSON). Events the proxy pushes meanwhile are skipped. Exits 1 if
-//! the reply says `"ok": false`.
+//! the reply says `"ok": false`, 2 if the command's arguments are wrong.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::cli::CtlArgs;
+use crate::cli::{CtlArgs, CtlCommand};
 
 /// How long to wait for the reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +21,13 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<ExitCode> {
     let mut stream = UnixStream::connect(path)
         .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let request = json!({"v": 1, "cmd": args.command.wire_name()});
+    let request = match request(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     writeln!(stream, "{request}").context("cannot send the command")?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -51,4 +57,24 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+}
+
+/// The JSON command for `args`; a wrong number of arguments is an error.
+fn request(args: &CtlArgs) -> anyhow::Result<Value> {
+    let name = args.command.wire_name();
+    let a: Vec<&str> = args.args.iter().map(String::as_str).collect();
+    Ok(match (args.command, a.as_slice()) {
+        (CtlCommand::SetLogLevel, [filter]) => json!({"v": 1, "cmd": name, "filter": filter}),
+        (CtlCommand::SetLogLevel, _) => {
+            bail!("usage: colo-proxy ctl --control PATH set-log-level FILTER (e.g. debug)")
+        }
+        (CtlCommand::SetFlowPolicy, [matcher, policy]) => {
+            json!({"v": 1, "cmd": name, "match": matcher, "policy": policy})
+        }
+        (CtlCommand::SetFlowPolicy, _) => bail!(
+            "usage: colo-proxy ctl --control PATH set-flow-policy PROTO:[ADDR:]PORT pass|compare"
+        ),
+        (_, []) => json!({"v": 1, "cmd": name}),
+        (_, _) => bail!("{name} takes no arguments"),
+    })
 }

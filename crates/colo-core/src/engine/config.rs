@@ -54,6 +54,11 @@ pub struct EngineConfig {
     pub clamp_window: bool,
     /// How the two sides' sequence numbers relate.
     pub seq_alignment: SeqAlignment,
+    /// Per-flow policies in force from the start (see [`super::FlowPolicy`]); more
+    /// can be set with [`super::Engine::set_flow_policy`].
+    pub flow_rules: Vec<super::FlowRule>,
+    /// Most flow rules in force at once.
+    pub max_flow_rules: usize,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,8 @@ impl Default for EngineConfig {
             ack_gate: true,
             clamp_window: false,
             seq_alignment: SeqAlignment::Shared,
+            flow_rules: Vec::new(),
+            max_flow_rules: 1024,
         }
     }
 }

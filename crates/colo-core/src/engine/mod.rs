@@ -22,6 +22,7 @@ mod config;
 mod conn;
 mod datagram;
 mod output;
+mod policy;
 mod replay_mode;
 mod stats;
 mod table;
@@ -34,10 +35,12 @@ pub use config::{EngineConfig, SeqAlignment};
 pub use output::{
     CheckpointReason, CheckpointRequest, Close, Divergence, DivergenceKind, Limit, Output,
 };
+pub use policy::{FlowMatch, FlowPolicy, FlowPolicyError, FlowRule, FlowRuleState, MatchProto};
 pub use stats::{DropReason, EngineStats};
 
 use checkpoint::{CheckpointGate, GateDecision};
 use conn::{Conn, DatagramConn, HeldFrame, Proto, TcpConn};
+use policy::PolicyTable;
 use table::{ConnKey, ConnTable};
 
 use crate::classify::{Classified, L4, classify};
@@ -75,13 +78,20 @@ pub struct Engine {
     /// checkpoint that the overflow asked for.
     overflow: VecDeque<HeldFrame>,
     total_limit_reported: bool,
+    policies: PolicyTable,
 }
 
 impl Engine {
     /// A new engine.
     #[must_use]
     pub fn new(config: EngineConfig) -> Self {
+        let mut policies = PolicyTable::default();
+        for rule in &config.flow_rules {
+            // Beyond max_flow_rules the rest are ignored; shells check the count first.
+            let _ = policies.set(*rule, config.max_flow_rules);
+        }
         Self {
+            policies,
             gate: CheckpointGate::new(config.checkpoint_min_interval),
             config,
             table: ConnTable::default(),
@@ -199,6 +209,9 @@ impl Engine {
             }
             return;
         }
+        if !self.policies.is_empty() && self.pass_by_policy(&classified.key, side, &frame) {
+            return;
+        }
         let key = ConnKey {
             flow: classified.key,
             dir: classified.dir,
@@ -278,6 +291,89 @@ impl Engine {
             }
             (false, Mode::PassThrough) => self.mode = Mode::AwaitingCheckpoint,
             (false, _) => {}
+        }
+    }
+
+    /// The rules in force, with their counters.
+    #[must_use]
+    pub fn flow_policies(&self) -> &[FlowRuleState] {
+        self.policies.rules()
+    }
+
+    /// Set the policy of the flows `matcher` names (replacing a rule with the same
+    /// match); returns the policy that match had before. Setting `pass` releases what
+    /// matching connections hold now, in arrival order, and forgets them; from then on
+    /// their primary output is released as it comes and their secondary output is
+    /// discarded. Setting `compare` again compares from the next frame on: if the VMs
+    /// are not in step on such a flow, that is a divergence and a checkpoint resyncs it.
+    pub fn set_flow_policy(
+        &mut self,
+        matcher: FlowMatch,
+        policy: FlowPolicy,
+    ) -> Result<FlowPolicy, FlowPolicyError> {
+        let before = self
+            .policies
+            .set(FlowRule { matcher, policy }, self.config.max_flow_rules)?;
+        if policy == FlowPolicy::Pass {
+            self.forget_passed_connections();
+        }
+        Ok(before)
+    }
+
+    /// Whether the frame's flow is passed by policy (and the frame dealt with).
+    fn pass_by_policy(&mut self, key: &FlowKey, side: Side, frame: &Frame) -> bool {
+        let Some(i) = self.policies.lookup(key) else {
+            return false;
+        };
+        let Some(rule) = self.policies.get_mut(i) else {
+            return false;
+        };
+        if rule.rule.policy != FlowPolicy::Pass {
+            return false;
+        }
+        match side {
+            Side::Primary => {
+                rule.released_frames += 1;
+                rule.released_bytes += frame.data.len() as u64;
+                self.stats.released_by_policy += 1;
+                self.release(frame.clone());
+            }
+            Side::Secondary => {
+                rule.discarded_frames += 1;
+                self.stats.drop(side, DropReason::Policy, 1);
+            }
+        }
+        true
+    }
+
+    /// Release what connections now passed by policy hold, and drop them from the table.
+    fn forget_passed_connections(&mut self) {
+        let passed: Vec<u32> = self
+            .table
+            .slots()
+            .filter(|&slot| {
+                self.table.get(slot).is_some_and(|c| {
+                    self.policies
+                        .lookup(&c.key.flow)
+                        .and_then(|i| self.policies.rules().get(i))
+                        .is_some_and(|r| r.rule.policy == FlowPolicy::Pass)
+                })
+            })
+            .collect();
+        let mut released: Vec<HeldFrame> = Vec::new();
+        for slot in passed {
+            let Some(mut conn) = self.table.remove(slot) else {
+                continue;
+            };
+            self.total_bytes = self.total_bytes.saturating_sub(conn.bytes());
+            released.extend(conn.held.drain());
+            self.stats.connections_expired += 1;
+        }
+        released.sort_unstable_by_key(|h| h.arrival);
+        self.stats.held_frames -= self.stats.held_frames.min(released.len() as u64);
+        self.stats.released_by_policy += released.len() as u64;
+        for held in released {
+            self.release(held.frame);
         }
     }
 

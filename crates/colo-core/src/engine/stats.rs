@@ -14,11 +14,18 @@ pub enum DropReason {
     /// A frame of a new connection arrived while the table was full and nothing
     /// could be evicted (secondary only; primary frames are held for the checkpoint).
     TableFull,
+    /// A secondary frame of a flow whose policy is `pass`: not compared, discarded.
+    Policy,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 3] = [Self::SecondaryDiscarded, Self::QueueFull, Self::TableFull];
+    pub const ALL: [Self; 4] = [
+        Self::SecondaryDiscarded,
+        Self::QueueFull,
+        Self::TableFull,
+        Self::Policy,
+    ];
 
     /// Stable snake_case name.
     #[must_use]
@@ -27,6 +34,7 @@ impl DropReason {
             Self::SecondaryDiscarded => "secondary_discarded",
             Self::QueueFull => "queue_full",
             Self::TableFull => "table_full",
+            Self::Policy => "policy",
         }
     }
 }
@@ -52,10 +60,12 @@ pub struct EngineStats {
     pub released_by_flush: u64,
     /// Primary frames released without comparison in pass-through (degraded) mode.
     pub released_unchecked: u64,
+    /// Primary frames released without comparison because their flow's policy is `pass`.
+    pub released_by_policy: u64,
     /// Primary frames released by a window clamp rewrite.
     pub window_clamped: u64,
     /// Dropped frames, per [`DropReason`] (index = position in `DropReason::ALL`), per side.
-    pub dropped: [[u64; 3]; 2],
+    pub dropped: [[u64; 4]; 2],
     /// Divergences detected, per [`CheckpointReason`].
     pub divergences: [u64; 7],
     /// Checkpoint requests emitted, per [`CheckpointReason`] of their cause.

@@ -656,3 +656,128 @@ fn quiet_connection_is_trimmed_and_keeps_working() {
     assert!(d.requests.is_empty() && d.divergences.is_empty());
     assert_eq!(e.stats().bytes_matched, 6000);
 }
+
+fn ntp_addrs(n: u32) -> FlowAddrs {
+    FlowAddrs {
+        vm_port: 123,
+        ..FlowAddrs::v4(n)
+    }
+}
+
+#[test]
+fn pass_policy_releases_primary_unchecked_and_discards_secondary() {
+    let rule = FlowRule {
+        matcher: "udp:123".parse().unwrap(),
+        policy: FlowPolicy::Pass,
+    };
+    let mut e = Engine::new(EngineConfig {
+        flow_rules: vec![rule],
+        ..EngineConfig::default()
+    });
+    let a = ntp_addrs(1);
+    let p = udp_frame(&a, Towards::Client, b"time=1111");
+    let s = udp_frame(&a, Towards::Client, b"time=2222");
+    let p_len = p.data.len() as u64;
+    e.handle_frame(ms(0), Side::Primary, p.clone());
+    assert_eq!(drain(&mut e).released, vec![p], "released without waiting");
+    e.handle_frame(ms(0), Side::Secondary, s);
+    let d = drain(&mut e);
+    assert!(d.released.is_empty() && d.divergences.is_empty() && d.requests.is_empty());
+    e.handle_timeout(ms(60_000));
+    assert!(
+        drain(&mut e).requests.is_empty(),
+        "nothing held, nothing times out"
+    );
+    let st = e.stats();
+    assert_eq!(st.released_by_policy, 1);
+    assert_eq!(st.dropped(Side::Secondary, DropReason::Policy), 1);
+    assert_eq!(st.connections_active, 0, "passed flows are not tracked");
+    assert_eq!(st.held_frames, 0);
+    let r = e.flow_policies()[0];
+    assert_eq!((r.released_frames, r.discarded_frames), (1, 1));
+    assert_eq!(r.released_bytes, p_len);
+
+    // Other flows are still compared: a different reply on port 80 is a divergence.
+    let web = FlowAddrs::v4(2);
+    e.handle_frame(ms(1), Side::Primary, udp_frame(&web, Towards::Client, b"a"));
+    e.handle_frame(
+        ms(1),
+        Side::Secondary,
+        udp_frame(&web, Towards::Client, b"b"),
+    );
+    assert_eq!(drain(&mut e).requests.len(), 1);
+}
+
+#[test]
+fn setting_pass_releases_what_the_flow_holds_and_compare_restores_comparing() {
+    let mut e = Engine::new(EngineConfig::default());
+    let a = ntp_addrs(1);
+    let other = FlowAddrs::v4(9);
+    let held: Vec<Frame> = (0..3u8)
+        .map(|i| udp_frame(&a, Towards::Client, &[i; 30]))
+        .collect();
+    e.handle_frame(ms(0), Side::Primary, held[0].clone());
+    e.handle_frame(
+        ms(0),
+        Side::Primary,
+        udp_frame(&other, Towards::Client, b"x"),
+    );
+    e.handle_frame(ms(0), Side::Primary, held[1].clone());
+    e.handle_frame(ms(0), Side::Primary, held[2].clone());
+    assert!(drain(&mut e).released.is_empty());
+    assert_eq!(e.stats().held_frames, 4);
+
+    let before = e
+        .set_flow_policy("udp:10.0.0.1:123".parse().unwrap(), FlowPolicy::Pass)
+        .unwrap();
+    assert_eq!(before, FlowPolicy::Compare);
+    assert_eq!(
+        drain(&mut e).released,
+        held,
+        "held frames released in order"
+    );
+    let st = e.stats();
+    assert_eq!(st.held_frames, 1, "the other flow still waits");
+    assert_eq!(st.connections_active, 1);
+    assert_eq!(st.released_by_policy, 3);
+
+    let before = e
+        .set_flow_policy("udp:10.0.0.1:123".parse().unwrap(), FlowPolicy::Compare)
+        .unwrap();
+    assert_eq!(before, FlowPolicy::Pass);
+    let f = udp_frame(&a, Towards::Client, b"again");
+    e.handle_frame(ms(1), Side::Primary, f.clone());
+    assert!(drain(&mut e).released.is_empty(), "compared again: held");
+    e.handle_frame(ms(1), Side::Secondary, f.clone());
+    assert_eq!(drain(&mut e).released, vec![f]);
+}
+
+#[test]
+fn pass_policy_on_tcp_port_and_rule_cap() {
+    let mut e = Engine::new(EngineConfig {
+        max_flow_rules: 1,
+        ..EngineConfig::default()
+    });
+    e.set_flow_policy("tcp:80".parse().unwrap(), FlowPolicy::Pass)
+        .unwrap();
+    assert_eq!(
+        e.set_flow_policy("tcp:81".parse().unwrap(), FlowPolicy::Pass),
+        Err(FlowPolicyError::TooManyRules { max: 1 })
+    );
+    let (mut p, mut s) = pair(1);
+    let pf = p.segments(&stream(3000), &[1448]);
+    let sf = s.segments(
+        &stream(3000).iter().map(|b| !b).collect::<Vec<_>>(),
+        &[1000],
+    );
+    for f in &pf {
+        e.handle_frame(ms(0), Side::Primary, f.clone());
+    }
+    for f in sf {
+        e.handle_frame(ms(0), Side::Secondary, f);
+    }
+    let d = drain(&mut e);
+    assert_eq!(d.released, pf);
+    assert!(d.divergences.is_empty());
+    assert_eq!(e.flow_policies().len(), 1);
+}

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use colo_core::codec::DecoderConfig;
-use colo_core::engine::{Engine, EngineConfig};
+use colo_core::engine::{Engine, EngineConfig, FlowPolicy, FlowRule};
 use colo_core::{Duration, Frame, Side};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
@@ -31,7 +31,7 @@ use crate::cli::CompareArgs;
 use self::driver::Driver;
 use crate::shell::endpoint::{Source, UnixServer};
 use crate::shell::outq::{self, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::{Clock, PeerChange, control, input, metrics};
 
 /// What the I/O tasks tell the compare driver.
 #[derive(Debug)]
@@ -63,6 +63,14 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         compare_timeout: Duration::from_millis(args.compare_timeout),
         expired_scan_cycle: Duration::from_millis(args.expired_scan_cycle),
         max_held_frames_per_conn: args.max_queue_size,
+        flow_rules: args
+            .pass_port
+            .iter()
+            .map(|&matcher| FlowRule {
+                matcher,
+                policy: FlowPolicy::Pass,
+            })
+            .collect(),
         ..EngineConfig::default()
     };
     let decoder = DecoderConfig {
@@ -106,8 +114,9 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
     });
     if let Some(server) = control {
         tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
+        tasks.spawn(control::serve(server, ctl_tx.clone(), events.clone()));
     }
+    metrics::spawn(&mut tasks, args.metrics.as_deref(), ctl_tx).await?;
     drop(in_tx);
 
     tracing::info!(

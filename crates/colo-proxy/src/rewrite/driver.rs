@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
 use crate::shell::control::{Command, Request, event_line};
+use crate::shell::metrics::Exposition;
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
 
@@ -176,8 +177,88 @@ impl Driver {
             Command::Stats => {
                 m.insert("stats".into(), self.stats_json());
             }
+            Command::SetFlowPolicy { .. } | Command::GetFlowPolicy => {
+                return Err(
+                    "the rewrite role has no flow policy (every connection must be \
+                            rewritten); set flow policies on the compare side"
+                        .to_owned(),
+                );
+            }
+            Command::Metrics => return Ok(crate::shell::metrics::reply(self.metrics())),
         }
         Ok(m)
+    }
+
+    /// The counters of `stats`, in Prometheus text format.
+    fn metrics(&self) -> Exposition {
+        let s = self.rewriter.stats();
+        let mut e = Exposition::new();
+        e.counter_by(
+            "colo_rewrite_frames_in_total",
+            "Frames received, by direction.",
+            "direction",
+            &[
+                ("to_secondary", s.frames_to_secondary),
+                ("from_secondary", s.frames_from_secondary),
+            ],
+        );
+        e.counter1(
+            "colo_rewrite_rewritten_total",
+            "Frames whose sequence or acknowledgement numbers were translated.",
+            s.rewritten,
+        );
+        e.counter_by(
+            "colo_rewrite_passed_total",
+            "Frames passed unchanged, by reason.",
+            "reason",
+            &[
+                ("not_tcp", s.pass_not_tcp),
+                ("nothing_to_rewrite", s.pass_nothing_to_rewrite),
+                ("handshake", s.pass_handshake),
+                ("offset_unknown", s.pass_offset_unknown),
+                ("untracked", s.pass_untracked),
+                ("no_connection", s.pass_no_connection),
+                ("table_full", s.pass_table_full),
+                ("conflicting_syn", s.pass_conflicting_syn),
+                ("direction_mismatch", s.pass_direction_mismatch),
+            ],
+        );
+        e.gauge1(
+            "colo_rewrite_held_frames",
+            "Frames held now until the secondary's ISN is known.",
+            s.held,
+        );
+        e.counter_by(
+            "colo_rewrite_held_total",
+            "Held frames by outcome: released, expired, dropped (hold queue full).",
+            "outcome",
+            &[
+                ("released", s.released),
+                ("expired", s.held_expired),
+                ("dropped", s.dropped_hold_full),
+            ],
+        );
+        e.gauge1(
+            "colo_connections",
+            "Connections tracked now.",
+            self.rewriter.len() as u64,
+        );
+        e.counter1(
+            "colo_checkpoints_done_total",
+            "Checkpoints completed.",
+            s.checkpoints,
+        );
+        e.gauge1(
+            "colo_failover",
+            "Whether a failover command was received (1) or not (0).",
+            u64::from(self.rewriter.is_failover()),
+        );
+        e.out_queues(&[
+            ("to_secondary_out", self.to_secondary.stats()),
+            ("from_secondary_out", self.from_secondary.stats()),
+        ]);
+        e.peers(&self.peers);
+        e
     }
 
     fn stats_json(&self) -> Value {

@@ -26,7 +26,7 @@ use self::driver::Driver;
 use crate::cli::RewriteArgs;
 use crate::shell::endpoint::{Source, UnixServer};
 use crate::shell::outq::{self, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::{Clock, PeerChange, control, input, metrics};
 
 /// What the I/O tasks tell the rewrite driver.
 #[derive(Debug)]
@@ -85,8 +85,9 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
     tasks.spawn(outq::run(from_out, from_q.clone(), in_tx.clone()));
     if let Some(server) = control {
         tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
+        tasks.spawn(control::serve(server, ctl_tx.clone(), events.clone()));
     }
+    metrics::spawn(&mut tasks, args.metrics.as_deref(), ctl_tx).await?;
     drop(in_tx);
 
     tracing::info!(

@@ -6,6 +6,7 @@
 //! in order. The client tasks only parse and frame; commands are carried out by the
 //! role's driver, which owns the engine or the rewriter.
 
+use colo_core::engine::{FlowMatch, FlowPolicy};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
@@ -31,11 +32,44 @@ pub enum Command {
     Failover,
     /// Report counters.
     Stats,
+    /// Set the policy of the flows a match names (roles without a compare engine
+    /// reply with an error).
+    SetFlowPolicy {
+        /// Which flows.
+        matcher: FlowMatch,
+        /// What to do with them.
+        policy: FlowPolicy,
+    },
+    /// List the flow policies in force.
+    GetFlowPolicy,
+    /// Internal, never parsed from the socket: the Prometheus endpoint asks for the
+    /// counters in text exposition format, returned under the key `exposition`.
+    Metrics,
 }
 
 impl Command {
     /// Every command name, for error messages.
-    pub const NAMES: &'static str = "checkpoint-done, failover, stats";
+    pub const NAMES: &'static str = "checkpoint-done, failover, stats, set-log-level, \
+                                     set-flow-policy, get-flow-policy";
+}
+
+/// A parsed command line: most commands go to the role's driver; `set-log-level`
+/// is process-wide and carried out by the control socket itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// For the driver.
+    Driver(Command),
+    /// Replace the log filter with this directive list.
+    SetLogLevel(String),
+}
+
+/// The reply fields of `set-log-level`, or the error; the filter is unchanged on error.
+pub fn set_log_level(filter: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let (old, new) = crate::logging::set_filter(filter)?;
+    let mut m = serde_json::Map::new();
+    m.insert("old".into(), json!(old));
+    m.insert("new".into(), json!(new));
+    Ok(m)
 }
 
 /// A command with the channel for its reply (the reply object without `v`/`ok`).
@@ -48,7 +82,7 @@ pub struct Request {
 }
 
 /// Parse one command line: `Ok(command)`, or the error to reply with.
-pub fn parse_command(line: &str) -> Result<Command, String> {
+pub fn parse_command(line: &str) -> Result<Parsed, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| {
         format!("not JSON ({e}); send one object per line, e.g. {{\"v\":1,\"cmd\":\"stats\"}}")
     })?;
@@ -70,15 +104,63 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
             Command::NAMES
         ));
     };
-    match cmd {
-        "checkpoint-done" => Ok(Command::CheckpointDone),
-        "failover" => Ok(Command::Failover),
-        "stats" => Ok(Command::Stats),
-        other => Err(format!(
-            "unknown cmd {other:?}; commands: {}",
-            Command::NAMES
-        )),
-    }
+    let for_driver = match cmd {
+        "checkpoint-done" => Command::CheckpointDone,
+        "failover" => Command::Failover,
+        "stats" => Command::Stats,
+        "get-flow-policy" => Command::GetFlowPolicy,
+        "set-flow-policy" => parse_set_flow_policy(obj)?,
+        "set-log-level" => {
+            return match obj.get("filter").and_then(Value::as_str) {
+                Some(f) => Ok(Parsed::SetLogLevel(f.to_owned())),
+                None => Err(
+                    "set-log-level needs \"filter\": a level (error, warn, info, \
+                             debug, trace) or a directive list such as \
+                             \"warn,colo_proxy=debug\""
+                        .to_owned(),
+                ),
+            };
+        }
+        other => {
+            return Err(format!(
+                "unknown cmd {other:?}; commands: {}",
+                Command::NAMES
+            ));
+        }
+    };
+    Ok(Parsed::Driver(for_driver))
+}
+
+/// `{"match": "udp:123" | {"proto":"udp","port":123,"addr":"10.0.0.5"}, "policy": "pass"}`.
+fn parse_set_flow_policy(obj: &serde_json::Map<String, Value>) -> Result<Command, String> {
+    const USAGE: &str = "set-flow-policy needs \"match\" (\"udp:123\", \"tcp:10.0.0.5:9100\" \
+                         or {\"proto\":\"udp\",\"port\":123,\"addr\":\"10.0.0.5\"}) and \
+                         \"policy\" (\"pass\" or \"compare\")";
+    let matcher: FlowMatch = match obj.get("match") {
+        Some(Value::String(s)) => s.parse().map_err(|e| format!("{e}"))?,
+        Some(Value::Object(m)) => {
+            let proto = m.get("proto").and_then(Value::as_str);
+            let port = m.get("port").and_then(Value::as_u64);
+            let (Some(proto), Some(port)) = (proto, port) else {
+                return Err(USAGE.to_owned());
+            };
+            let text = match m.get("addr") {
+                None | Some(Value::Null) => format!("{proto}:{port}"),
+                Some(Value::String(a)) if a.contains(':') => format!("{proto}:[{a}]:{port}"),
+                Some(Value::String(a)) => format!("{proto}:{a}:{port}"),
+                Some(_) => return Err(USAGE.to_owned()),
+            };
+            text.parse().map_err(|e| format!("{e}"))?
+        }
+        _ => return Err(USAGE.to_owned()),
+    };
+    let policy: FlowPolicy = obj
+        .get("policy")
+        .and_then(Value::as_str)
+        .ok_or_else(|| USAGE.to_owned())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok(Command::SetFlowPolicy { matcher, policy })
 }
 
 /// Build an event line (without the newline): `{"v":1,"event":NAME,...fields}`.
@@ -191,7 +273,8 @@ async fn handle_line(line: &str, requests: &mpsc::Sender<Request>) -> String {
         .ok()
         .and_then(|v| v.get("tag").cloned());
     let command = match parse_command(line) {
-        Ok(c) => c,
+        Ok(Parsed::Driver(c)) => c,
+        Ok(Parsed::SetLogLevel(filter)) => return reply_line(set_log_level(&filter), tag),
         Err(e) => return reply_line(Err(e), tag),
     };
     let (reply, rx) = oneshot::channel();
@@ -210,17 +293,66 @@ mod tests {
 
     #[test]
     fn parses_commands_and_explains_errors() {
+        let driver = |c| Ok(Parsed::Driver(c));
         assert_eq!(
             parse_command(r#"{"v":1,"cmd":"stats"}"#),
-            Ok(Command::Stats)
+            driver(Command::Stats)
         );
         assert_eq!(
             parse_command(r#"{"v":1,"cmd":"checkpoint-done","tag":7}"#),
-            Ok(Command::CheckpointDone)
+            driver(Command::CheckpointDone)
         );
         assert_eq!(
             parse_command(r#"{"v":1,"cmd":"failover"}"#),
-            Ok(Command::Failover)
+            driver(Command::Failover)
+        );
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"set-log-level","filter":"debug"}"#),
+            Ok(Parsed::SetLogLevel("debug".into()))
+        );
+        assert!(
+            parse_command(r#"{"v":1,"cmd":"set-log-level"}"#)
+                .unwrap_err()
+                .contains("\"filter\"")
+        );
+        let pass_ntp = driver(Command::SetFlowPolicy {
+            matcher: "udp:123".parse().unwrap(),
+            policy: FlowPolicy::Pass,
+        });
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"set-flow-policy","match":"udp:123","policy":"pass"}"#),
+            pass_ntp
+        );
+        assert_eq!(
+            parse_command(
+                r#"{"v":1,"cmd":"set-flow-policy","match":{"proto":"udp","port":123},"policy":"pass"}"#
+            ),
+            pass_ntp
+        );
+        assert_eq!(
+            parse_command(
+                r#"{"v":1,"cmd":"set-flow-policy","match":{"proto":"tcp","port":80,"addr":"fd00::5"},"policy":"compare"}"#
+            ),
+            driver(Command::SetFlowPolicy {
+                matcher: "tcp:[fd00::5]:80".parse().unwrap(),
+                policy: FlowPolicy::Compare,
+            })
+        );
+        for bad in [
+            r#"{"v":1,"cmd":"set-flow-policy","match":"udp:123","policy":"drop"}"#,
+            r#"{"v":1,"cmd":"set-flow-policy","match":"icmp:1","policy":"pass"}"#,
+            r#"{"v":1,"cmd":"set-flow-policy","policy":"pass"}"#,
+            r#"{"v":1,"cmd":"set-flow-policy","match":{"port":1},"policy":"pass"}"#,
+        ] {
+            assert!(parse_command(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_command(r#"{"v":1,"cmd":"get-flow-policy"}"#),
+            driver(Command::GetFlowPolicy)
+        );
+        assert!(
+            parse_command(r#"{"v":1,"cmd":"metrics"}"#).is_err(),
+            "internal command is not on the socket"
         );
         assert!(parse_command("stats").unwrap_err().contains("not JSON"));
         assert!(

@@ -58,11 +58,16 @@ impl Proxy {
 
     /// Start `colo-proxy ROLE` in a given directory.
     pub fn start_role_in(role: &str, dir: tempfile::TempDir, args: &[&str]) -> Self {
+        Self::start_logged("info,colo_proxy=debug", role, dir, args)
+    }
+
+    /// Start `colo-proxy --log-level LEVEL ROLE` in a given directory.
+    pub fn start_logged(level: &str, role: &str, dir: tempfile::TempDir, args: &[&str]) -> Self {
         let d = dir.path().display().to_string();
         let log = dir.path().join("proxy.log");
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
-            .args(["--log-level", "info,colo_proxy=debug", role])
+            .args(["--log-level", level, role])
             .args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -95,6 +100,30 @@ impl Proxy {
                 "{} never appeared:\n{}",
                 path.display(),
                 self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for a log line containing `marker` and return the text of its field
+    /// `name=VALUE` (up to the next space).
+    pub fn log_field(&mut self, marker: &str, name: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let key = format!("{name}=");
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(marker))
+                && let Some(at) = line.find(&key)
+            {
+                let rest = &line[at + key.len()..];
+                return rest.split_whitespace().next().unwrap_or("").to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("colo-proxy exited early ({status}):\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} in the log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -171,7 +200,12 @@ impl Control {
 
     /// Send a command and return its reply (events in between are skipped).
     pub fn command(&mut self, cmd: &str) -> Value {
-        writeln!(self.writer, r#"{{"v":1,"cmd":"{cmd}"}}"#).unwrap();
+        self.request(&serde_json::json!({"v": 1, "cmd": cmd}))
+    }
+
+    /// Send a whole command object and return its reply.
+    pub fn request(&mut self, request: &Value) -> Value {
+        writeln!(self.writer, "{request}").unwrap();
         loop {
             let v = self.next();
             if v.get("ok").is_some() {
@@ -314,4 +348,44 @@ pub fn read_for(stream: &mut UnixStream, wait: Duration) -> Vec<u8> {
 /// Path helper.
 pub fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
+}
+
+/// Run `colo-proxy ctl --control PATH ARGS...`; returns the exit success and the reply.
+pub fn ctl(control: &Path, args: &[&str]) -> (bool, Value) {
+    let (code, reply, stderr) = ctl_raw(control, args);
+    let reply = reply.unwrap_or_else(|| panic!("ctl printed no JSON: {stderr}"));
+    (code == Some(0), reply)
+}
+
+/// Run `colo-proxy ctl`: exit code, the reply if stdout was JSON, and stderr.
+pub fn ctl_raw(control: &Path, args: &[&str]) -> (Option<i32>, Option<Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+        .args(["ctl", "--control", &format!("unix:{}", control.display())])
+        .args(args)
+        .output()
+        .expect("run colo-proxy ctl");
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).ok(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 request to `addr`; returns the status code and the body.
+pub fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the HTTP response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }
