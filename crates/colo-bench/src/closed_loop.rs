@@ -86,6 +86,7 @@ pub fn run(
         rep.released += 1;
         rep.elapsed = now.duration_since(start);
         if !set.is_segment(flow, k, &frame.data, &mut scratch) {
+            rep.corrupt += 1;
             rep.error(format!(
                 "flow {flow}: segment {k} is not what was sent: got flow {:?} field {:?}",
                 set.flow_of(&frame.data),

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+/// Pause after connecting, before the first frame (see [`setup`]).
+const CONNECT_SETTLE: Duration = Duration::from_millis(200);
+
 /// Where one of the proxy's sockets is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -186,11 +189,14 @@ pub fn setup(eps: [&Endpoint; 3], connect: bool, timeout: Duration) -> anyhow::R
     let deadline = Instant::now() + timeout;
     let [p, s, o] = eps;
     if connect {
-        return Ok(Conns {
-            pri: connect_within(p, deadline)?,
-            sec: connect_within(s, deadline)?,
-            out: connect_within(o, deadline)?,
-        });
+        // outdev first, and a pause before sending: a listening QEMU accepts on its
+        // main loop some time after the kernel completed the connection, and frames
+        // it releases before it has accepted outdev are lost.
+        let out = connect_within(o, deadline)?;
+        let pri = connect_within(p, deadline)?;
+        let sec = connect_within(s, deadline)?;
+        std::thread::sleep(CONNECT_SETTLE);
+        return Ok(Conns { pri, sec, out });
     }
     let (lp, ls, lo) = (Listener::bind(p)?, Listener::bind(s)?, Listener::bind(o)?);
     Ok(Conns {

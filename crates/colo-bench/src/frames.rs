@@ -262,6 +262,20 @@ impl FlowSet {
         data == &scratch[..]
     }
 
+    /// Which segment of `flow` `data` is, if it is exactly one of them.
+    pub fn segment_of(&self, flow: usize, data: &[u8], scratch: &mut Vec<u8>) -> Option<u32> {
+        let v = self.field_of(data)?;
+        let k = match self.proto {
+            Proto::Tcp => {
+                let d = v.wrapping_sub(self.base[flow]);
+                let plen = self.plen as u32;
+                (d % plen == 0).then_some(d / plen)?
+            }
+            Proto::Udp => v,
+        };
+        self.is_segment(flow, k, data, scratch).then_some(k)
+    }
+
     /// The patched field of a released frame, for error messages.
     #[must_use]
     pub fn field_of(&self, data: &[u8]) -> Option<u32> {
@@ -312,6 +326,10 @@ mod tests {
                     assert_eq!(&got[..], &want.data[..], "size {size} flow {i} seg {k}");
                 }
                 assert_eq!(set.flow_of(&got), Some(i as usize));
+                let mut scratch = Vec::new();
+                assert_eq!(set.segment_of(i as usize, &got, &mut scratch), Some(2999));
+                got[100] ^= 1;
+                assert_eq!(set.segment_of(i as usize, &got, &mut scratch), None);
             }
         }
     }
@@ -365,6 +383,7 @@ mod tests {
                 assert_eq!(a, b, "flow {flow} k {k}");
                 assert_eq!(set.flow_of(&got), Some(flow));
                 assert_eq!(set.field_of(&got), Some(k));
+                assert_eq!(set.segment_of(flow, &got, &mut Vec::new()), Some(k));
             }
         }
     }

@@ -13,6 +13,14 @@ pub struct Report {
     pub released: u64,
     /// Errors (wrong bytes, wrong order, unknown flow, never released, I/O).
     pub errors: u64,
+    /// Released frames that are none of the flow's segments (wrong bytes).
+    pub corrupt: u64,
+    /// Released ahead of an earlier segment of the same flow.
+    pub reordered: u64,
+    /// Released more than once.
+    pub duplicate: u64,
+    /// Sent on primary and never released.
+    pub lost: u64,
     /// The first few error messages.
     pub first_errors: Vec<String>,
     /// Bytes read from outdev (framing included).
@@ -76,6 +84,12 @@ pub fn summary(rep: &mut Report, frame_size: u32, load: Value, proxy: Value) -> 
         "sent": rep.sent,
         "released": rep.released,
         "errors": rep.errors,
+        "error_kinds": {
+            "corrupt": rep.corrupt,
+            "reordered": rep.reordered,
+            "duplicate": rep.duplicate,
+            "lost": rep.lost,
+        },
         "first_errors": rep.first_errors,
         "seconds": secs,
         "frames_per_sec": fps,

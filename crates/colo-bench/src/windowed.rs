@@ -214,7 +214,6 @@ pub fn receive(
                 drain_timeout.as_secs_f64(),
                 sent - rep.released
             ));
-            rep.errors += sent - rep.released - 1;
             break;
         }
         if done && rep.released >= sent {
@@ -271,17 +270,28 @@ pub fn receive(
                 ));
                 continue;
             };
-            let Some((k, t)) = st.pending[f].pop_front() else {
-                rep.error(format!("flow {f}: released a frame never sent (or twice)"));
-                continue;
-            };
-            rep.latency(now.duration_since(t));
-            if !set.is_segment(f, k, &frame.data, &mut scratch) {
+            let Some(k) = set.segment_of(f, &frame.data, &mut scratch) else {
+                rep.corrupt += 1;
                 rep.error(format!(
-                    "flow {f}: segment {k} is not what was sent (or out of order): \
-                     got field {:?}, {} bytes",
+                    "flow {f}: released a frame that is none of its segments \
+                     (field {:?}, {} bytes)",
                     set.field_of(&frame.data),
                     frame.data.len(),
+                ));
+                continue;
+            };
+            let q = &mut st.pending[f];
+            let Some(i) = q.iter().position(|&(pk, _)| pk == k) else {
+                rep.duplicate += 1;
+                rep.error(format!("flow {f}: segment {k} released twice"));
+                continue;
+            };
+            let (_, t) = q.remove(i).unwrap_or((k, now));
+            rep.latency(now.duration_since(t));
+            if i > 0 {
+                rep.reordered += 1;
+                rep.error(format!(
+                    "flow {f}: segment {k} released before {i} earlier segment(s)"
                 ));
             }
         }
@@ -291,7 +301,13 @@ pub fn receive(
     }
     let mut st = shared.lock();
     st.abort = true;
+    let lost: u64 = st.pending.iter().map(|q| q.len() as u64).sum();
     drop(st);
+    if lost > 0 {
+        rep.lost = lost;
+        rep.error(format!("{lost} frames sent on primary were never released"));
+        rep.errors += lost - 1;
+    }
     shared.cv.notify_all();
     rep.finish(start);
     rep
