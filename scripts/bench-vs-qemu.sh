@@ -5,6 +5,7 @@
 # of medians and ratios (colo-proxy / QEMU).
 #
 #   scripts/bench-vs-qemu.sh [--quick] [--rounds N] [--seconds S] [--window W] [--out DIR]
+#                            [--loads PROTO:SIZE:FLOWS:MODE,...] [--against COLO_PROXY_BINARY]
 #
 # Rows: 1514- and 130-byte frames x 1, 16 and 1024 flows x TCP and UDP, windowed
 # (--window frames in flight), then closed loop (one frame in flight, 1 flow, TCP,
@@ -12,11 +13,16 @@
 # proxy's pid and reports its CPU time per frame. A run with errors (QEMU reorders or
 # loses frames under load) still counts for speed, and its errors are shown.
 # --quick: 1 round of 1 s each, for a smoke run (about a minute).
+# --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
+# --against: compare with another colo-proxy build instead of QEMU (before/after
+# figures of an optimisation); its column is still labelled QEMU/Q.
 set -euo pipefail
 ROUNDS=5
 SECS=3
 WINDOW=256
 OUT=
+LOADS=
+AGAINST=
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) ROUNDS=1 SECS=1 ;;
@@ -24,13 +30,15 @@ while [ $# -gt 0 ]; do
         --seconds) SECS=$2; shift ;;
         --window) WINDOW=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --loads) LOADS=$2; shift ;;
+        --against) AGAINST=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 cd "$(dirname "$0")/.."
-if ! command -v qemu-system-x86_64 >/dev/null; then
+if [ -z "$AGAINST" ] && ! command -v qemu-system-x86_64 >/dev/null; then
     echo "installing qemu-system-x86 from Debian" >&2
     if [ "$(id -u)" = 0 ]; then
         apt-get install -y qemu-system-x86 >&2
@@ -55,7 +63,11 @@ run_one() { # impl proto size flows mode round
     local impl=$1 proto=$2 size=$3 flows=$4 mode=$5 round=$6
     local tag="$impl-$proto-$size-$flows-$mode-$round"
     rm -f "$DIR"/*.sock
-    if [ "$impl" = qemu ]; then
+    if [ "$impl" = qemu ] && [ -n "$AGAINST" ]; then
+        "$AGAINST" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
+            --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" \
+            2>"$OUT/$tag.log" &
+    elif [ "$impl" = qemu ]; then
         qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
             -object iothread,id=iot0 \
             -chardev socket,id=pri,path="$DIR/pri.sock",server=on,wait=off \
@@ -89,6 +101,11 @@ for size in 1514 130; do
     done
 done
 CONFIGS+=("tcp 1514 1 closed" "tcp 130 1 closed")
+if [ -n "$LOADS" ]; then
+    IFS=, read -r -a wanted <<<"$LOADS"
+    CONFIGS=()
+    for w in "${wanted[@]}"; do CONFIGS+=("${w//:/ }"); done
+fi
 
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "$ROUNDS rounds x ${#CONFIGS[@]} loads x 2 implementations, $SECS s each; JSON in $OUT" >&2

@@ -10,9 +10,7 @@
 
 use std::future::Future;
 
-use bytes::BytesMut;
 use colo_core::Frame;
-use colo_core::codec::encode_frame;
 use colo_core::rewrite::{Direction, Rewriter, Verdict};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -220,9 +218,7 @@ impl Driver {
 
 /// Encode `frame` in its input's framing and queue it.
 fn push(q: &OutQueue, frame: &Frame, vnet_hdr: bool, dir: Direction) {
-    let mut wire = BytesMut::new();
-    encode_frame(frame, vnet_hdr, &mut wire);
-    if !q.push(wire.freeze()) {
+    if !q.push_frame(frame, vnet_hdr) {
         let dropped = q.stats().dropped_frames;
         if dropped.is_power_of_two() {
             tracing::warn!(?dir, dropped, "output buffer full: dropping frames");
