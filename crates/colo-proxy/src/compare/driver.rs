@@ -124,9 +124,12 @@ impl Driver {
 
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Frame(side, frame) => {
+            Event::Frames(side, frames) => {
+                // One clock read per batch: the frames arrived in one read.
                 let now = self.now();
-                self.engine.handle_frame(now, side, frame);
+                for frame in frames {
+                    self.engine.handle_frame(now, side, frame);
+                }
             }
             Event::Peer(PeerChange { role, up }) => {
                 match self.peers.iter_mut().find(|(r, _)| *r == role) {

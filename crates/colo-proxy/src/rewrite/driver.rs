@@ -99,25 +99,32 @@ impl Driver {
         );
     }
 
+    fn handle_frame(&mut self, now: colo_core::Instant, dir: Direction, mut frame: Frame) {
+        let verdict = self.rewriter.rewrite_frame(now, dir, &mut frame);
+        // Released held frames are older than this one: they go first.
+        self.drain_released();
+        match verdict {
+            Verdict::Rewritten | Verdict::Unchanged(_) => {
+                let q = match dir {
+                    Direction::ToSecondary => &self.to_secondary,
+                    Direction::FromSecondary => &self.from_secondary,
+                };
+                push(q, &frame, self.vnet_hdr, dir);
+            }
+            Verdict::Held => {
+                tracing::trace!(?dir, "held until the secondary's ISN is known")
+            }
+            Verdict::Drop(why) => tracing::debug!(?dir, ?why, "frame dropped"),
+        }
+    }
+
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Frame(dir, mut frame) => {
+            Event::Frames(dir, frames) => {
+                // One clock read per batch: the frames arrived in one read.
                 let now = self.clock.now();
-                let verdict = self.rewriter.rewrite_frame(now, dir, &mut frame);
-                // Released held frames are older than this one: they go first.
-                self.drain_released();
-                match verdict {
-                    Verdict::Rewritten | Verdict::Unchanged(_) => {
-                        let q = match dir {
-                            Direction::ToSecondary => &self.to_secondary,
-                            Direction::FromSecondary => &self.from_secondary,
-                        };
-                        push(q, &frame, self.vnet_hdr, dir);
-                    }
-                    Verdict::Held => {
-                        tracing::trace!(?dir, "held until the secondary's ISN is known")
-                    }
-                    Verdict::Drop(why) => tracing::debug!(?dir, ?why, "frame dropped"),
+                for frame in frames {
+                    self.handle_frame(now, dir, frame);
                 }
             }
             Event::Peer(PeerChange { role, up }) => {
