@@ -1,90 +1,179 @@
 #!/usr/bin/env bash
-# Same colo-bench load against QEMU's colo-compare (standalone: -M none, an iothread,
-# socket chardevs connecting to colo-bench) and against `colo-proxy compare` (connecting
-# the same way), alternating, several rounds; prints medians and ratios.
+# The same colo-bench load against QEMU's colo-compare (standalone: -M none, an
+# iothread, listening socket chardevs) and against `colo-proxy compare` (listening the
+# same way), alternating QEMU and colo-proxy run by run, several rounds; prints a table
+# of medians and ratios (colo-proxy / QEMU).
 #
-#   scripts/bench-vs-qemu.sh [ROUNDS] [SECONDS] [WINDOW] [FLOWS]
+#   scripts/bench-vs-qemu.sh [--quick] [--rounds N] [--seconds S] [--window W] [--out DIR]
+#                            [--loads PROTO:SIZE:FLOWS:MODE,...] [--against COLO_PROXY_BINARY]
 #
-# Every run's JSON goes to $OUT (default a temp dir). A run with errors (QEMU
-# reorders or loses frames under load) still counts for speed but is flagged.
+# Rows: 1514- and 130-byte frames x 1, 16 and 1024 flows x TCP and UDP, windowed
+# (--window frames in flight), then closed loop (one frame in flight, 1 flow, TCP,
+# both sizes). Every run's JSON goes to --out (default a temp dir); colo-bench gets the
+# proxy's pid and reports its CPU time per frame. A run with errors (QEMU reorders or
+# loses frames under load) still counts for speed, and its errors are shown.
+# --quick: 1 round of 1 s each, for a smoke run (about a minute).
+# --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
+# --against: compare with another colo-proxy build instead of QEMU (before/after
+# figures of an optimisation); its column is still labelled QEMU/Q.
 set -euo pipefail
-ROUNDS=${1:-3}
-SECS=${2:-3}
-WINDOW=${3:-256}
-FLOWS=${4:-16}
+ROUNDS=5
+SECS=3
+WINDOW=256
+OUT=
+LOADS=
+AGAINST=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) ROUNDS=1 SECS=1 ;;
+        --rounds) ROUNDS=$2; shift ;;
+        --seconds) SECS=$2; shift ;;
+        --window) WINDOW=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --loads) LOADS=$2; shift ;;
+        --against) AGAINST=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
 cd "$(dirname "$0")/.."
-if ! command -v qemu-system-x86_64 >/dev/null; then
+if [ -z "$AGAINST" ] && ! command -v qemu-system-x86_64 >/dev/null; then
     echo "installing qemu-system-x86 from Debian" >&2
-    sudo apt-get install -y qemu-system-x86 >&2 || apt-get install -y qemu-system-x86 >&2
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y qemu-system-x86 >&2
+    else
+        sudo apt-get install -y qemu-system-x86 >&2
+    fi
 fi
 cargo build --release -q -p colo-proxy -p colo-bench
 PROXY=target/release/colo-proxy
 BENCH=target/release/colo-bench
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 DIR=$(mktemp -d)
-trap 'rm -rf "$DIR"' EXIT
+PID=
+cleanup() {
+    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
 
-run_one() { # impl size round
-    local impl=$1 size=$2 round=$3 pid
+run_one() { # impl proto size flows mode round
+    local impl=$1 proto=$2 size=$3 flows=$4 mode=$5 round=$6
+    local tag="$impl-$proto-$size-$flows-$mode-$round"
     rm -f "$DIR"/*.sock
-    local json="$OUT/$impl-$size-$round.json"
-    "$BENCH" --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" --outdev "$DIR/out.sock" \
-        --seconds "$SECS" --frame-size "$size" --flows "$FLOWS" --window "$WINDOW" \
-        --drain-timeout 3 --json >"$json" 2>"$OUT/$impl-$size-$round.err" &
-    local bench=$!
-    sleep 0.2
-    if [ "$impl" = qemu ]; then
+    if [ "$impl" = qemu ] && [ -n "$AGAINST" ]; then
+        "$AGAINST" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
+            --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" \
+            2>"$OUT/$tag.log" &
+    elif [ "$impl" = qemu ]; then
         qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
             -object iothread,id=iot0 \
-            -chardev socket,id=pri,path="$DIR/pri.sock" \
-            -chardev socket,id=sec,path="$DIR/sec.sock" \
-            -chardev socket,id=out,path="$DIR/out.sock" \
+            -chardev socket,id=pri,path="$DIR/pri.sock",server=on,wait=off \
+            -chardev socket,id=sec,path="$DIR/sec.sock",server=on,wait=off \
+            -chardev socket,id=out,path="$DIR/out.sock",server=on,wait=off \
             -object colo-compare,id=cc0,primary_in=pri,secondary_in=sec,outdev=out,iothread=iot0 \
-            2>"$OUT/qemu.log" &
+            2>"$OUT/$tag.log" &
     else
-        "$PROXY" --log-level warn compare --primary-in "unix:$DIR/pri.sock,connect" \
-            --secondary-in "unix:$DIR/sec.sock,connect" --outdev "unix:$DIR/out.sock,connect" \
-            2>"$OUT/proxy.log" &
+        "$PROXY" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
+            --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" \
+            2>"$OUT/$tag.log" &
     fi
-    pid=$!
-    wait "$bench" || true
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    PID=$!
+    local pace=(--window "$WINDOW")
+    [ "$mode" = closed ] && pace=(--mode closed-loop)
+    "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
+        --outdev "$DIR/out.sock" --proto "$proto" --frame-size "$size" --flows "$flows" \
+        "${pace[@]}" --seconds "$SECS" --drain-timeout 3 --proxy-pid "$PID" --json \
+        >"$OUT/$tag.json" 2>>"$OUT/$tag.log" || true
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=
 }
 
+CONFIGS=()
 for size in 1514 130; do
-    for round in $(seq 1 "$ROUNDS"); do
-        run_one qemu "$size" "$round"
-        run_one colo-proxy "$size" "$round"
+    for flows in 1 16 1024; do
+        for proto in tcp udp; do
+            CONFIGS+=("$proto $size $flows windowed")
+        done
     done
 done
+CONFIGS+=("tcp 1514 1 closed" "tcp 130 1 closed")
+if [ -n "$LOADS" ]; then
+    IFS=, read -r -a wanted <<<"$LOADS"
+    CONFIGS=()
+    for w in "${wanted[@]}"; do CONFIGS+=("${w//:/ }"); done
+fi
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
-import json, statistics, sys, glob, os
-out, rounds = sys.argv[1], int(sys.argv[2])
-def load(impl, size):
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "$ROUNDS rounds x ${#CONFIGS[@]} loads x 2 implementations, $SECS s each; JSON in $OUT" >&2
+for round in $(seq 1 "$ROUNDS"); do
+    for cfg in "${CONFIGS[@]}"; do
+        read -r proto size flows mode <<<"$cfg"
+        # Alternate which implementation goes first, so drifting load hits both.
+        if [ $((round % 2)) = 1 ]; then order="qemu colo-proxy"; else order="colo-proxy qemu"; fi
+        for impl in $order; do
+            run_one "$impl" "$proto" "$size" "$flows" "$mode" "$round"
+        done
+    done
+    echo "round $round done (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+done
+
+python3 - "$OUT" "$ROUNDS" "$WINDOW" "${CONFIGS[@]}" <<'PY'
+import json, math, os, statistics, sys
+out, rounds, window, configs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+def load(impl, cfg):
+    proto, size, flows, mode = cfg.split()
     rs = []
     for r in range(1, rounds + 1):
-        p = os.path.join(out, f"{impl}-{size}-{r}.json")
+        p = os.path.join(out, f"{impl}-{proto}-{size}-{flows}-{mode}-{r}.json")
         try:
             rs.append(json.load(open(p)))
         except Exception:
             pass
     return rs
-med = lambda xs: statistics.median(xs) if xs else float("nan")
-print(f"{'size':>5} {'impl':>10} {'frames/s':>11} {'Gbit/s':>7} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'errors':>8}")
-for size in (1514, 130):
-    row = {}
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+def ratio(a, b):
+    return a / b if b and not math.isnan(b) and not math.isnan(a) else float("nan")
+def cpu(r):
+    p = r.get("proxy") or {}
+    return p.get("cpu_ns_per_frame")
+def errs(m):
+    detail = ", ".join(f"{v} {k}" for k, v in m["kinds"].items() if v)
+    return f"{m['err']} ({detail})" if detail else str(m["err"])
+hdr = ("| proto | size | flows | mode | QEMU frames/s | colo-proxy frames/s | ratio | colo Gbit/s "
+       "| p50 µs Q / c | p99 µs Q / c | p99.9 µs Q / c | CPU ns/frame Q / c | errors Q / c | runs |")
+print(hdr)
+print("|" + "---|" * (hdr.count("|") - 1))
+for cfg in configs:
+    proto, size, flows, mode = cfg.split()
+    m = {}
     for impl in ("qemu", "colo-proxy"):
-        rs = load(impl, size)
-        m = dict(fps=med([r["frames_per_sec"] for r in rs]), gb=med([r["gbit_per_sec"] for r in rs]),
-                 p50=med([r["latency_us"]["p50"] for r in rs]), p99=med([r["latency_us"]["p99"] for r in rs]),
-                 p999=med([r["latency_us"]["p99_9"] for r in rs]), err=sum(r["errors"] for r in rs))
-        row[impl] = m
-        print(f"{size:>5} {impl:>10} {m['fps']:>11.0f} {m['gb']:>7.3f} {m['p50']:>8.1f} {m['p99']:>8.1f} {m['p999']:>9.1f} {m['err']:>8}")
-    q, c = row["qemu"], row["colo-proxy"]
-    ratio = lambda a, b: a / b if b else float("nan")
-    print(f"{size:>5} {'ratio':>10} {ratio(c['fps'], q['fps']):>10.1f}x {'':>7} "
-          f"{ratio(c['p50'], q['p50']):>7.2f}x {ratio(c['p99'], q['p99']):>7.2f}x {ratio(c['p999'], q['p999']):>8.2f}x")
-print(f"(medians of {rounds} rounds; ratio = colo-proxy / QEMU; JSON in {out})")
+        rs = load(impl, cfg)
+        m[impl] = dict(
+            n=len(rs),
+            fps=med([r["frames_per_sec"] for r in rs]),
+            gb=med([r["gbit_per_sec"] for r in rs]),
+            p50=med([r["latency_us"]["p50"] for r in rs]),
+            p99=med([r["latency_us"]["p99"] for r in rs]),
+            p999=med([r["latency_us"]["p99_9"] for r in rs]),
+            cpu=med([cpu(r) for r in rs]),
+            err=sum(r["errors"] for r in rs),
+            kinds={k: sum(r.get("error_kinds", {}).get(k, 0) for r in rs)
+                   for k in ("reordered", "lost", "corrupt", "duplicate")},
+        )
+    q, c = m["qemu"], m["colo-proxy"]
+    pace = "closed loop" if mode == "closed" else f"window {window}"
+    print(f"| {proto} | {size} | {flows} | {pace} | {q['fps']:,.0f} | {c['fps']:,.0f} | "
+          f"**{ratio(c['fps'], q['fps']):.1f}×** | {c['gb']:.2f} | "
+          f"{q['p50']:.1f} / {c['p50']:.1f} | {q['p99']:.1f} / {c['p99']:.1f} | "
+          f"{q['p999']:.1f} / {c['p999']:.1f} | {q['cpu']:,.0f} / {c['cpu']:,.0f} | "
+          f"{errs(q)} / {errs(c)} | {q['n']} / {c['n']} |")
+print(f"\n(medians of {rounds} rounds; ratio = colo-proxy / QEMU frames/s; Q = QEMU, "
+      f"c = colo-proxy; CPU = the proxy process's user+system time per released frame; "
+      f"errors summed over the rounds; JSON in {out})")
 PY

@@ -11,8 +11,6 @@
 
 use std::future::Future;
 
-use bytes::BytesMut;
-use colo_core::codec::encode_frame;
 use colo_core::engine::{CheckpointReason, DropReason, Engine, Mode, Output};
 use colo_core::{Instant, Side};
 use serde_json::{Map, Value, json};
@@ -127,9 +125,12 @@ impl Driver {
 
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Frame(side, frame) => {
+            Event::Frames(side, frames) => {
+                // One clock read per batch: the frames arrived in one read.
                 let now = self.now();
-                self.engine.handle_frame(now, side, frame);
+                for frame in frames {
+                    self.engine.handle_frame(now, side, frame);
+                }
             }
             Event::Peer(PeerChange { role, up }) => {
                 match self.peers.iter_mut().find(|(r, _)| *r == role) {
@@ -443,9 +444,7 @@ impl Driver {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Release(frame) => {
-                    let mut wire = BytesMut::new();
-                    encode_frame(&frame, self.vnet_hdr, &mut wire);
-                    if !self.outq.push(wire.freeze()) {
+                    if !self.outq.push_frame(&frame, self.vnet_hdr) {
                         let dropped = self.outq.stats().dropped_frames;
                         if dropped.is_power_of_two() {
                             tracing::warn!(dropped, "outdev buffer full: dropping released frames");

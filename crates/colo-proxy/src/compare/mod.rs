@@ -36,8 +36,8 @@ use crate::shell::{Clock, PeerChange, control, input, metrics};
 /// What the I/O tasks tell the compare driver.
 #[derive(Debug)]
 pub enum Event {
-    /// A whole frame from one VM.
-    Frame(Side, Frame),
+    /// Whole frames from one VM, in arrival order (one read's worth).
+    Frames(Side, Vec<Frame>),
     /// A peer of an endpoint connected or went away.
     Peer(PeerChange),
     /// The Xen notify peer said the checkpoint is done (`COLO_CHECKPOINT`).
@@ -94,17 +94,17 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
+    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let outq = OutQueue::new(usize::try_from(args.outdev_buffer).unwrap_or(usize::MAX));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(input::run(primary, decoder, in_tx.clone(), |f| {
-        Event::Frame(Side::Primary, f)
+        Event::Frames(Side::Primary, f)
     }));
     tasks.spawn(input::run(secondary, decoder, in_tx.clone(), |f| {
-        Event::Frame(Side::Secondary, f)
+        Event::Frames(Side::Secondary, f)
     }));
     tasks.spawn(outq::run(out, outq.clone(), in_tx.clone()));
     let notify = notify_src.map(|src| {

@@ -10,9 +10,7 @@
 
 use std::future::Future;
 
-use bytes::BytesMut;
 use colo_core::Frame;
-use colo_core::codec::encode_frame;
 use colo_core::rewrite::{Direction, Rewriter, Verdict};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -102,25 +100,32 @@ impl Driver {
         );
     }
 
+    fn handle_frame(&mut self, now: colo_core::Instant, dir: Direction, mut frame: Frame) {
+        let verdict = self.rewriter.rewrite_frame(now, dir, &mut frame);
+        // Released held frames are older than this one: they go first.
+        self.drain_released();
+        match verdict {
+            Verdict::Rewritten | Verdict::Unchanged(_) => {
+                let q = match dir {
+                    Direction::ToSecondary => &self.to_secondary,
+                    Direction::FromSecondary => &self.from_secondary,
+                };
+                push(q, &frame, self.vnet_hdr, dir);
+            }
+            Verdict::Held => {
+                tracing::trace!(?dir, "held until the secondary's ISN is known")
+            }
+            Verdict::Drop(why) => tracing::debug!(?dir, ?why, "frame dropped"),
+        }
+    }
+
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Frame(dir, mut frame) => {
+            Event::Frames(dir, frames) => {
+                // One clock read per batch: the frames arrived in one read.
                 let now = self.clock.now();
-                let verdict = self.rewriter.rewrite_frame(now, dir, &mut frame);
-                // Released held frames are older than this one: they go first.
-                self.drain_released();
-                match verdict {
-                    Verdict::Rewritten | Verdict::Unchanged(_) => {
-                        let q = match dir {
-                            Direction::ToSecondary => &self.to_secondary,
-                            Direction::FromSecondary => &self.from_secondary,
-                        };
-                        push(q, &frame, self.vnet_hdr, dir);
-                    }
-                    Verdict::Held => {
-                        tracing::trace!(?dir, "held until the secondary's ISN is known")
-                    }
-                    Verdict::Drop(why) => tracing::debug!(?dir, ?why, "frame dropped"),
+                for frame in frames {
+                    self.handle_frame(now, dir, frame);
                 }
             }
             Event::Peer(PeerChange { role, up }) => {
@@ -301,9 +306,7 @@ impl Driver {
 
 /// Encode `frame` in its input's framing and queue it.
 fn push(q: &OutQueue, frame: &Frame, vnet_hdr: bool, dir: Direction) {
-    let mut wire = BytesMut::new();
-    encode_frame(frame, vnet_hdr, &mut wire);
-    if !q.push(wire.freeze()) {
+    if !q.push_frame(frame, vnet_hdr) {
         let dropped = q.stats().dropped_frames;
         if dropped.is_power_of_two() {
             tracing::warn!(?dir, dropped, "output buffer full: dropping frames");

@@ -31,8 +31,8 @@ use crate::shell::{Clock, PeerChange, control, input, metrics};
 /// What the I/O tasks tell the rewrite driver.
 #[derive(Debug)]
 pub enum Event {
-    /// A whole frame, to be rewritten in this direction.
-    Frame(Direction, Frame),
+    /// Whole frames (one read's worth, in order), to be rewritten in this direction.
+    Frames(Direction, Vec<Frame>),
     /// A peer of an endpoint connected or went away.
     Peer(PeerChange),
 }
@@ -67,7 +67,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
+    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
@@ -76,10 +76,10 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(input::run(to_in, decoder, in_tx.clone(), |f| {
-        Event::Frame(Direction::ToSecondary, f)
+        Event::Frames(Direction::ToSecondary, f)
     }));
     tasks.spawn(input::run(from_in, decoder, in_tx.clone(), |f| {
-        Event::Frame(Direction::FromSecondary, f)
+        Event::Frames(Direction::FromSecondary, f)
     }));
     tasks.spawn(outq::run(to_out, to_q.clone(), in_tx.clone()));
     tasks.spawn(outq::run(from_out, from_q.clone(), in_tx.clone()));

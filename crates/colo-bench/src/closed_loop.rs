@@ -1,0 +1,100 @@
+//! Closed loop: one frame in flight, one thread. Send the secondary's copy, then the
+//! primary's (timestamped), then read outdev until that frame is back; repeat over
+//! the flows round-robin. No thread hand-off in the generator, so the latency is the
+//! two socket hops and the proxy.
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use colo_core::codec::{DecoderConfig, FrameDecoder};
+
+use crate::endpoint::Conns;
+use crate::frames::FlowSet;
+use crate::report::Report;
+
+/// Runs the closed loop until `frames` or `until`.
+pub fn run(
+    conns: Conns,
+    set: &FlowSet,
+    split: u32,
+    vnet: bool,
+    frames: u64,
+    until: Option<Instant>,
+    drain_timeout: Duration,
+) -> Report {
+    let Conns {
+        mut pri,
+        mut sec,
+        mut out,
+    } = conns;
+    let mut dec = FrameDecoder::new(DecoderConfig {
+        vnet_hdr: vnet,
+        ..DecoderConfig::default()
+    });
+    let mut rep = Report::default();
+    let _ = out.set_read_timeout(Some(drain_timeout));
+    let mut next_k = vec![0u32; set.len()];
+    let (mut pbuf, mut sbuf) = (BytesMut::new(), BytesMut::new());
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let mut scratch = Vec::new();
+    let start = Instant::now();
+    let mut flow = 0usize;
+    'run: while rep.sent < frames && until.is_none_or(|t| Instant::now() < t) {
+        let k = next_k[flow];
+        next_k[flow] = k.wrapping_add(1);
+        pbuf.clear();
+        sbuf.clear();
+        set.put_secondary(flow, k, split, &mut sbuf);
+        set.put_primary(flow, k, &mut pbuf);
+        if let Err(e) = sec.write_all(&sbuf) {
+            rep.error(format!("sending to secondary_in: {e}"));
+            break;
+        }
+        let t0 = Instant::now();
+        if let Err(e) = pri.write_all(&pbuf) {
+            rep.error(format!("sending to primary_in: {e}"));
+            break;
+        }
+        rep.sent += 1;
+        let frame = loop {
+            match dec.poll_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => {
+                    rep.error(format!("outdev framing: {e}"));
+                    break 'run;
+                }
+            }
+            match out.read(&mut rbuf) {
+                Ok(0) => {
+                    rep.error("outdev closed by the proxy".to_owned());
+                    break 'run;
+                }
+                Ok(n) => {
+                    rep.bytes += n as u64;
+                    dec.push(&rbuf[..n]);
+                }
+                Err(e) => {
+                    rep.error(format!("no release within the drain timeout: {e}"));
+                    break 'run;
+                }
+            }
+        };
+        let now = Instant::now();
+        rep.latency(now.duration_since(t0));
+        rep.released += 1;
+        rep.elapsed = now.duration_since(start);
+        if !set.is_segment(flow, k, &frame.data, &mut scratch) {
+            rep.corrupt += 1;
+            rep.error(format!(
+                "flow {flow}: segment {k} is not what was sent: got flow {:?} field {:?}",
+                set.flow_of(&frame.data),
+                set.field_of(&frame.data)
+            ));
+        }
+        flow = (flow + 1) % set.len();
+    }
+    rep.finish(start);
+    rep
+}
