@@ -62,6 +62,12 @@ fn compare_metrics_move_with_traffic() {
     ]);
     let addr = proxy.log_field("metrics endpoint listening", "local");
     let mut ctl = Control::new(proxy.connect("ctl.sock"));
+    let m = scrape(&addr);
+    assert_eq!(
+        get(&m, r#"colo_peer_up{role="outdev"}"#),
+        0,
+        "listed (down) before any peer came"
+    );
     let mut pri = proxy.connect("pri.sock");
     let mut sec = proxy.connect("sec.sock");
     let mut out = proxy.connect("out.sock");

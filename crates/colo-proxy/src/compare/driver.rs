@@ -11,14 +11,15 @@
 
 use std::future::Future;
 
-use colo_core::engine::{CheckpointReason, DropReason, Engine, Mode, Output};
+use colo_core::engine::{DropReason, Engine, Mode, Output};
 use colo_core::{Instant, Side};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
 use crate::shell::control::{Command, Request, event_line};
-use crate::shell::metrics::{Exposition, Labels};
+use crate::shell::engine_view;
+use crate::shell::metrics::Exposition;
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
 
@@ -206,192 +207,33 @@ impl Driver {
                     released_held = held,
                     "failover: no more comparing, primary output passes through"
                 );
-                m.insert("mode".into(), json!(mode_name(self.engine.mode())));
+                m.insert(
+                    "mode".into(),
+                    json!(engine_view::mode_name(self.engine.mode())),
+                );
                 m.insert("released_held".into(), json!(held));
             }
             Command::Stats => {
                 m.insert("stats".into(), self.stats_json());
             }
             Command::SetFlowPolicy { matcher, policy } => {
-                let held_before = self.engine.stats().held_frames;
-                let before = self
-                    .engine
-                    .set_flow_policy(matcher, policy)
-                    .map_err(|e| e.to_string())?;
-                let released_held = held_before.saturating_sub(self.engine.stats().held_frames);
-                tracing::warn!(flow = %matcher, %before, %policy, released_held, "flow policy set");
-                m.insert("match".into(), json!(matcher.to_string()));
-                m.insert("policy".into(), json!(policy.as_str()));
-                m.insert("before".into(), json!(before.as_str()));
-                m.insert("released_held".into(), json!(released_held));
+                return engine_view::set_flow_policy(&mut self.engine, matcher, policy);
             }
-            Command::GetFlowPolicy => {
-                m.insert("default".into(), json!("compare"));
-                m.insert("rules".into(), self.policies_json());
-            }
+            Command::GetFlowPolicy => return Ok(engine_view::get_flow_policy(&self.engine)),
             Command::Metrics => return Ok(crate::shell::metrics::reply(self.metrics())),
         }
         Ok(m)
     }
 
-    fn policies_json(&self) -> Value {
-        self.engine
-            .flow_policies()
-            .iter()
-            .map(|r| {
-                json!({"match": r.rule.matcher.to_string(), "policy": r.rule.policy.as_str(),
-                       "released_frames": r.released_frames, "released_bytes": r.released_bytes,
-                       "discarded_frames": r.discarded_frames})
-            })
-            .collect()
-    }
-
     /// The counters of `stats`, in Prometheus text format.
     fn metrics(&self) -> Exposition {
-        let s = self.engine.stats();
         let mut e = Exposition::new();
-        let sides = |a: &[u64; 2]| {
-            [
-                ("primary", a[Side::Primary.index()]),
-                ("secondary", a[Side::Secondary.index()]),
-            ]
-        };
-        e.counter_by(
-            "colo_frames_in_total",
-            "Frames received from each VM.",
-            "side",
-            &sides(&s.frames_in),
-        );
-        e.counter_by(
-            "colo_bytes_in_total",
-            "Bytes received from each VM.",
-            "side",
-            &sides(&s.bytes_in),
-        );
-        let compared = s
-            .released_frames
-            .saturating_sub(s.released_by_flush + s.released_unchecked + s.released_by_policy);
-        e.counter_by(
-            "colo_released_frames_total",
-            "Primary frames released, by how: compared (matched), flush (by a \
-             checkpoint), unchecked (degraded or failover), policy (pass flows).",
-            "how",
-            &[
-                ("compared", compared),
-                ("flush", s.released_by_flush),
-                ("unchecked", s.released_unchecked),
-                ("policy", s.released_by_policy),
-            ],
-        );
-        e.counter1(
-            "colo_released_bytes_total",
-            "Bytes of primary frames released.",
-            s.released_bytes,
-        );
-        e.gauge1(
-            "colo_held_frames",
-            "Primary frames held now, waiting for the secondary.",
-            s.held_frames,
-        );
-        e.gauge1(
-            "colo_held_bytes",
-            "Bytes held now (frames and reassembly buffers).",
-            s.held_bytes,
-        );
-        let per_reason = |a: &[u64; 7]| -> Vec<(&str, u64)> {
-            CheckpointReason::ALL
-                .iter()
-                .map(|r| (r.as_str(), a[r.index()]))
-                .collect()
-        };
-        e.counter_by(
-            "colo_divergences_total",
-            "Divergences detected, by reason.",
-            "reason",
-            &per_reason(&s.divergences),
-        );
-        e.counter_by(
-            "colo_checkpoints_requested_total",
-            "Checkpoint requests sent, by the reason of their cause.",
-            "reason",
-            &per_reason(&s.checkpoints_requested),
-        );
-        e.counter1(
-            "colo_checkpoints_coalesced_total",
-            "Divergences folded into an outstanding or deferred checkpoint request.",
-            s.checkpoints_coalesced,
-        );
-        e.counter1(
-            "colo_checkpoints_done_total",
-            "Checkpoints completed.",
-            s.checkpoints_done,
-        );
-        e.gauge1(
-            "colo_checkpoint_pending",
-            "Whether a checkpoint request is outstanding (1) or not (0).",
-            u64::from(self.engine.checkpoint_pending()),
-        );
-        e.gauge1(
-            "colo_epoch",
-            "Checkpoints completed since start.",
-            self.engine.epoch(),
-        );
-        let mode = mode_name(self.engine.mode());
-        e.gauge_by(
-            "colo_mode",
-            "The engine's mode: 1 for the current one, 0 for the others.",
-            "mode",
-            &["compare", "pass-through", "awaiting-checkpoint"].map(|m| (m, u64::from(m == mode))),
-        );
-        e.gauge1(
-            "colo_connections",
-            "Connections tracked now.",
-            s.connections_active,
-        );
-        e.counter_by(
-            "colo_connections_total",
-            "Connections by event: created, evicted (to make room), expired (closed or idle).",
-            "event",
-            &[
-                ("created", s.connections_created),
-                ("evicted", s.connections_evicted),
-                ("expired", s.connections_expired),
-            ],
-        );
-        let drops: Vec<(&str, &str, u64)> =
-            [("primary", Side::Primary), ("secondary", Side::Secondary)]
-                .into_iter()
-                .flat_map(|(name, side)| {
-                    let s = &s;
-                    DropReason::ALL
-                        .iter()
-                        .map(move |r| (name, r.as_str(), s.dropped(side, *r)))
-                })
-                .collect();
-        let drop_labels: Vec<[(&str, &str); 2]> = drops
-            .iter()
-            .map(|(side, r, _)| [("side", *side), ("reason", *r)])
-            .collect();
-        let drop_samples: Vec<(Labels<'_>, u64)> = drop_labels
-            .iter()
-            .zip(&drops)
-            .map(|(l, d)| (&l[..], d.2))
-            .collect();
-        e.counter(
-            "colo_engine_dropped_frames_total",
-            "Frames the engine dropped, by VM side and reason.",
-            &drop_samples,
-        );
+        engine_view::metrics(&mut e, &self.engine);
         e.out_queues(&[("outdev", self.outq.stats())]);
         e.counter1(
             "colo_notify_unknown_total",
             "Notify-device messages not understood.",
             self.notify_unknown,
-        );
-        e.gauge1(
-            "colo_flow_rules",
-            "Flow policy rules in force.",
-            self.engine.flow_policies().len() as u64,
         );
         e.peers(&self.peers);
         e
@@ -415,7 +257,7 @@ impl Driver {
         let side = |a: &[u64; 2]| json!({"primary": a[Side::Primary.index()], "secondary": a[Side::Secondary.index()]});
         json!({
             "epoch": self.engine.epoch(),
-            "mode": mode_name(self.engine.mode()),
+            "mode": engine_view::mode_name(self.engine.mode()),
             "failover": self.failed_over,
             "checkpoint_pending": self.engine.checkpoint_pending(),
             "frames_in": side(&s.frames_in),
@@ -424,7 +266,7 @@ impl Driver {
                          "by_flush": s.released_by_flush, "unchecked": s.released_unchecked,
                          "by_policy": s.released_by_policy},
             "dropped": {"primary": drops(Side::Primary), "secondary": drops(Side::Secondary)},
-            "flow_policies": self.policies_json(),
+            "flow_policies": engine_view::rules_json(&self.engine),
             "held": {"frames": s.held_frames, "bytes": s.held_bytes},
             "divergences": per_reason(&s.divergences),
             "checkpoints": {"requested": per_reason(&s.checkpoints_requested),
@@ -492,14 +334,5 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-/// The engine mode's name in the control protocol.
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Compare => "compare",
-        Mode::PassThrough => "pass-through",
-        Mode::AwaitingCheckpoint => "awaiting-checkpoint",
     }
 }

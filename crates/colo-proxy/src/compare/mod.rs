@@ -135,7 +135,12 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         notify_unknown: 0,
         failed_over: false,
         checkpoint_done_by: [0; 2],
-        peers: Vec::new(),
+        // Every endpoint is listed from the start, so a peer that never came shows as down.
+        peers: ["primary_in", "secondary_in", "outdev"]
+            .into_iter()
+            .chain(args.notify_dev.as_ref().map(|_| "notify_dev"))
+            .map(|role| (role, false))
+            .collect(),
     };
     let shutdown = async move {
         tokio::select! {

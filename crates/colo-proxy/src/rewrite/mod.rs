@@ -101,7 +101,15 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
         from_secondary: from_q,
         events,
         clock: Clock::new(),
-        peers: Vec::new(),
+        // Every endpoint is listed from the start, so a peer that never came shows as down.
+        peers: [
+            "to_secondary_in",
+            "to_secondary_out",
+            "from_secondary_in",
+            "from_secondary_out",
+        ]
+        .map(|role| (role, false))
+        .to_vec(),
     };
     let shutdown = async move {
         tokio::select! {

@@ -6,7 +6,8 @@
 //! - [`input`]: a reader task per input endpoint (QEMU framing, [`colo_core::codec`]);
 //! - [`outq`]: a bounded queue of encoded frames and the task writing it to a peer;
 //! - [`control`]: the control socket (`docs/control-protocol.md`);
-//! - [`metrics`]: the Prometheus endpoint (`--metrics`).
+//! - [`metrics`]: the Prometheus endpoint (`--metrics`);
+//! - [`engine_view`]: a compare engine's metrics and flow-policy commands.
 //!
 //! The I/O tasks only frame bytes; each role's driver task owns its sans-IO state
 //! machine and receives everything over one channel of its own event type, which
@@ -14,6 +15,7 @@
 
 pub mod control;
 pub mod endpoint;
+pub mod engine_view;
 pub mod input;
 pub mod metrics;
 pub mod outq;
