@@ -75,6 +75,15 @@ impl Default for Clock {
     }
 }
 
+/// QEMU stream framing, with the vnet header length field when `vnet_hdr`.
+#[must_use]
+pub(crate) fn decoder_config(vnet_hdr: bool) -> colo_core::codec::DecoderConfig {
+    colo_core::codec::DecoderConfig {
+        vnet_hdr,
+        ..colo_core::codec::DecoderConfig::default()
+    }
+}
+
 /// A future that completes with the signal's name on SIGTERM or SIGINT. Set up
 /// before anything runs, so that an early signal is not lost.
 pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
