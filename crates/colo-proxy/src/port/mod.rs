@@ -2,7 +2,10 @@
 //! frames enter and leave, in both directions on one port.
 //!
 //! - `tap:IFNAME`: a TAP device (the `tun-tap` crate, no packet information),
-//!   created if missing (needs root), read and written through tokio's `AsyncFd`;
+//!   created if missing (needs root), read and written through tokio's `AsyncFd`.
+//!   The proxy only attaches to it: bringing it up, bridging it or moving it into a
+//!   namespace is the operator's (`ip link set IFNAME up`). Frames carry no vnet
+//!   header on a TAP device (nor on `dgram:`);
 //! - `stream:unix:PATH[,connect]`, `stream:tcp:HOST:PORT[,connect]`: QEMU's
 //!   `-netdev stream`/`socket` framing (be32 length + frame, with the vnet header
 //!   length field under `--vnet-hdr-support`), listening by default;
