@@ -89,17 +89,22 @@ pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
             args.client
         );
     }
-    crate::shell::block_on(serve(args))
+    args.link_options.validate()?;
+    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }
 
-async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
+/// Run the primary until `shutdown` completes (the daemon: SIGINT or SIGTERM; the
+/// live demo: its own end).
+pub(crate) async fn serve(
+    args: &PrimaryArgs,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let config = crate::compare::engine_config(
         args.compare_timeout,
         args.expired_scan_cycle,
         args.max_queue_size,
     );
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
-    let shutdown = crate::shell::shutdown_signal()?;
 
     // Open everything first, so that address errors stop us before anything runs.
     let client = Port::bind("client", &args.client).await?;

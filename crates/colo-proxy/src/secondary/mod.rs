@@ -87,12 +87,17 @@ pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
             args.svm
         );
     }
-    crate::shell::block_on(serve(args))
+    args.link_options.validate()?;
+    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }
 
-async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
+/// Run the secondary until `shutdown` completes (the daemon: SIGINT or SIGTERM;
+/// the live demo: its own end).
+pub(crate) async fn serve(
+    args: &SecondaryArgs,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
-    let shutdown = crate::shell::shutdown_signal()?;
 
     let svm = Port::bind("svm", &args.svm).await?;
     let client = match &args.client {
