@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use colo_core::Frame;
 use colo_core::classify::{TcpFlags, classify};
-use colo_core::sim::{FlowAddrs, Segment, TcpSender, Towards, tcp_frame};
+use colo_core::sim::{FlowAddrs, TcpSender, client_tcp as client_seg};
 use common::{Control, FramedPeer, Proxy, start_primary, start_secondary, wait_for_stats};
 
 const ISN_P: u32 = 1_000;
@@ -52,20 +52,6 @@ fn lab(primary_extra: &[&str], secondary_extra: &[&str]) -> Lab {
         pvm,
         svm,
     }
-}
-
-fn client_seg(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
-    tcp_frame(
-        addrs,
-        Towards::Vm,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            payload,
-            ..Segment::default()
-        },
-    )
 }
 
 fn seq_ack(frame: &Frame) -> (u32, u32) {

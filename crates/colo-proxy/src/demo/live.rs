@@ -20,7 +20,7 @@ use clap::Parser as _;
 use colo_core::Frame;
 use colo_core::classify::{TcpFlags, classify};
 use colo_core::codec::{DecoderConfig, FrameDecoder, encode_frame};
-use colo_core::sim::{FlowAddrs, Segment, TcpSender, Towards, tcp_frame};
+use colo_core::sim::{FlowAddrs, TcpSender, client_tcp};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
@@ -193,19 +193,6 @@ impl Ctl {
     }
 }
 
-fn client_frame(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags) -> Frame {
-    tcp_frame(
-        addrs,
-        Towards::Vm,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            ..Segment::default()
-        },
-    )
-}
-
 /// What connection `i`'s server says; the secondary's clock differs on diverging ones.
 fn response(i: u32, len: usize, secondary: bool, diverge: bool) -> Vec<u8> {
     let stamp = if secondary && diverge { 2222 } else { 1111 };
@@ -244,7 +231,7 @@ async fn scenario(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     for i in 0..args.connections {
         let addrs = FlowAddrs::v4(i);
         let cisn = 40_000 + i * 13;
-        let syn = client_frame(&addrs, cisn, 0, TcpFlags::SYN);
+        let syn = client_tcp(&addrs, cisn, 0, TcpFlags::SYN, b"");
         client.send(&[syn]).await?;
         pvm.next().await?;
         svm.next().await?;
@@ -253,7 +240,7 @@ async fn scenario(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         pvm.send(&[p.syn_ack()]).await?;
         svm.send(&[s.syn_ack()]).await?;
         client.next().await?;
-        let ack = client_frame(&addrs, cisn + 1, p.isn + 1, TcpFlags::ACK);
+        let ack = client_tcp(&addrs, cisn + 1, p.isn + 1, TcpFlags::ACK, b"");
         client.send(&[ack]).await?;
         // The secondary must see the client's ACK (its offset) before its VM talks.
         pvm.next().await?;

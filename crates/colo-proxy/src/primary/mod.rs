@@ -83,12 +83,7 @@ pub struct PrimaryArgs {
 
 /// Run `colo-proxy primary` until SIGINT or SIGTERM.
 pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
-    if args.client == args.pvm {
-        anyhow::bail!(
-            "--client and --pvm are the same port ({}); each needs its own",
-            args.client
-        );
-    }
+    crate::port::ensure_distinct(("--client", &args.client), ("--pvm", &args.pvm))?;
     args.link_options.validate()?;
     crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }

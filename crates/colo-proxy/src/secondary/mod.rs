@@ -81,11 +81,8 @@ pub struct SecondaryArgs {
 
 /// Run `colo-proxy secondary` until SIGINT or SIGTERM.
 pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
-    if args.client.as_ref() == Some(&args.svm) {
-        anyhow::bail!(
-            "--client and --svm are the same port ({}); each needs its own",
-            args.svm
-        );
+    if let Some(client) = &args.client {
+        crate::port::ensure_distinct(("--client", client), ("--svm", &args.svm))?;
     }
     args.link_options.validate()?;
     crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
