@@ -146,3 +146,51 @@ pub(crate) async fn serve(
     tasks.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn cli_contract() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["colo-proxy", "secondary"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.command) {
+                Ok(Command::Secondary(a)) => Ok(a),
+                Ok(other) => panic!("not secondary: {other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let a = parse(&[
+            "--svm",
+            "stream:unix:/run/svm.sock",
+            "--link",
+            "tcp:0.0.0.0:9000",
+            "--client",
+            "tap:tap1",
+            "--control",
+            "unix:/run/s.ctl",
+            "--vnet-hdr-support",
+            "--out-buffer",
+            "2M",
+        ])
+        .unwrap();
+        assert!(!a.link.connect);
+        assert!(a.client.is_some());
+        assert!(a.vnet_hdr_support);
+        assert_eq!(a.out_buffer, 2 << 20);
+        let b = parse(&[
+            "--svm",
+            "dgram:127.0.0.1:1=127.0.0.1:2",
+            "--link",
+            "unix:/l",
+        ])
+        .unwrap();
+        assert!(b.client.is_none());
+        assert_eq!(b.checkpoint_pair_window, 1000);
+        assert!(parse(&["--link", "unix:/l"]).is_err());
+    }
+}
