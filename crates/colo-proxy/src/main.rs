@@ -8,9 +8,13 @@ mod compare;
 mod config_file;
 mod ctl;
 mod demo;
+mod link;
 mod logging;
+mod port;
+mod primary;
 mod replay;
 mod rewrite;
+mod secondary;
 mod shell;
 
 use std::process::ExitCode;
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Rewrite(args) => rewrite::run(args),
+        Command::Primary(args) => primary::run(args),
+        Command::Secondary(args) => secondary::run(args),
     });
     match result {
         Ok(code) => code,

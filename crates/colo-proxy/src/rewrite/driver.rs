@@ -8,15 +8,14 @@
 //! ISN) and has now released are drained from [`Rewriter::poll_to_secondary`] and
 //! queued towards the secondary, ahead of the newer frame.
 
-use std::future::Future;
-
 use colo_core::Frame;
 use colo_core::rewrite::{Direction, Rewriter, Verdict};
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::Event;
-use crate::shell::control::{Command, Request, event_line};
+use crate::shell::control::{Command, event_line};
+use crate::shell::driver::{Peers, Role};
 use crate::shell::metrics::Exposition;
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
@@ -37,67 +36,48 @@ pub struct Driver {
     /// The clock.
     pub clock: Clock,
     /// Which endpoint roles have a peer now.
-    pub peers: Vec<(&'static str, bool)>,
+    pub peers: Peers,
+}
+
+impl Role for Driver {
+    type Event = Event;
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn deadline(&self) -> Option<colo_core::Instant> {
+        self.rewriter.poll_timeout()
+    }
+
+    fn on_timeout(&mut self, now: colo_core::Instant) {
+        self.rewriter.handle_timeout(now);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        self.handle_event(event);
+    }
+
+    fn on_command(&mut self, command: Command) -> Result<Map<String, Value>, String> {
+        self.command(command)
+    }
+
+    fn after_wake(&mut self) {
+        self.drain_released();
+    }
+
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
+        vec![
+            ("to_secondary_out", self.to_secondary.clone()),
+            ("from_secondary_out", self.from_secondary.clone()),
+        ]
+    }
 }
 
 impl Driver {
     fn event(&self, fields: Map<String, Value>, name: &str) {
         // No receivers is fine: nobody is listening on the control socket.
         let _ = self.events.send(event_line(name, fields));
-    }
-
-    /// Run until `shutdown` completes or every I/O task is gone.
-    pub async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Request>,
-        shutdown: impl Future<Output = &'static str>,
-    ) {
-        tokio::pin!(shutdown);
-        loop {
-            let deadline = self.rewriter.poll_timeout().map(|t| self.clock.to_tokio(t));
-            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
-                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
-            }));
-            tokio::select! {
-                biased;
-                why = &mut shutdown => {
-                    tracing::info!(signal = why, "shutting down");
-                    break;
-                }
-                Some(req) = control.recv() => {
-                    let result = self.command(req.command);
-                    let _ = req.reply.send(result);
-                }
-                () = sleep, if deadline.is_some() => {
-                    let now = self.clock.now();
-                    self.rewriter.handle_timeout(now);
-                    self.drain_released();
-                }
-                ev = inputs.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.handle_event(ev);
-                    for _ in 0..64 {
-                        match inputs.try_recv() {
-                            Ok(ev) => self.handle_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
-        }
-        // Give the outputs a moment to take what is queued.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        while !(self.to_secondary.is_empty() && self.from_secondary.is_empty())
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        tracing::info!(
-            to_secondary_written = self.to_secondary.stats().written_frames,
-            from_secondary_written = self.from_secondary.stats().written_frames,
-            "stopped"
-        );
     }
 
     fn handle_frame(&mut self, now: colo_core::Instant, dir: Direction, mut frame: Frame) {
@@ -129,20 +109,10 @@ impl Driver {
                 }
             }
             Event::Peer(PeerChange { role, up }) => {
-                match self.peers.iter_mut().find(|(r, _)| *r == role) {
-                    Some(p) => p.1 = up,
-                    None => self.peers.push((role, up)),
-                }
+                let name = self.peers.set(role, up);
                 let mut f = Map::new();
                 f.insert("role".into(), json!(role));
-                self.event(
-                    f,
-                    if up {
-                        "peer-connected"
-                    } else {
-                        "peer-disconnected"
-                    },
-                );
+                self.event(f, name);
             }
         }
     }
@@ -196,84 +166,19 @@ impl Driver {
 
     /// The counters of `stats`, in Prometheus text format.
     fn metrics(&self) -> Exposition {
-        let s = self.rewriter.stats();
         let mut e = Exposition::new();
-        e.counter_by(
-            "colo_rewrite_frames_in_total",
-            "Frames received, by direction.",
-            "direction",
-            &[
-                ("to_secondary", s.frames_to_secondary),
-                ("from_secondary", s.frames_from_secondary),
-            ],
-        );
-        e.counter1(
-            "colo_rewrite_rewritten_total",
-            "Frames whose sequence or acknowledgement numbers were translated.",
-            s.rewritten,
-        );
-        e.counter_by(
-            "colo_rewrite_passed_total",
-            "Frames passed unchanged, by reason.",
-            "reason",
-            &[
-                ("not_tcp", s.pass_not_tcp),
-                ("nothing_to_rewrite", s.pass_nothing_to_rewrite),
-                ("handshake", s.pass_handshake),
-                ("offset_unknown", s.pass_offset_unknown),
-                ("untracked", s.pass_untracked),
-                ("no_connection", s.pass_no_connection),
-                ("table_full", s.pass_table_full),
-                ("conflicting_syn", s.pass_conflicting_syn),
-                ("direction_mismatch", s.pass_direction_mismatch),
-            ],
-        );
-        e.gauge1(
-            "colo_rewrite_held_frames",
-            "Frames held now until the secondary's ISN is known.",
-            s.held,
-        );
-        e.counter_by(
-            "colo_rewrite_held_total",
-            "Held frames by outcome: released, expired, dropped (hold queue full).",
-            "outcome",
-            &[
-                ("released", s.released),
-                ("expired", s.held_expired),
-                ("dropped", s.dropped_hold_full),
-            ],
-        );
-        e.gauge1(
-            "colo_connections",
-            "Connections tracked now.",
-            self.rewriter.len() as u64,
-        );
-        e.counter1(
-            "colo_checkpoints_done_total",
-            "Checkpoints completed.",
-            s.checkpoints,
-        );
-        e.gauge1(
-            "colo_failover",
-            "Whether a failover command was received (1) or not (0).",
-            u64::from(self.rewriter.is_failover()),
-        );
+        rewriter_metrics(&mut e, &self.rewriter);
         e.out_queues(&[
             ("to_secondary_out", self.to_secondary.stats()),
             ("from_secondary_out", self.from_secondary.stats()),
         ]);
-        e.peers(&self.peers);
+        e.peers(self.peers.as_slice());
         e
     }
 
     fn stats_json(&self) -> Value {
         let s = self.rewriter.stats();
-        let q = |q: &OutQueue| {
-            let o = q.stats();
-            json!({"queued_frames": o.queued_frames, "queued_bytes": o.queued_bytes,
-                   "written_frames": o.written_frames, "written_bytes": o.written_bytes,
-                   "dropped_frames": o.dropped_frames, "dropped_bytes": o.dropped_bytes})
-        };
+        let q = |q: &OutQueue| q.stats().to_json();
         json!({
             "epoch": s.checkpoints,
             "failover": self.rewriter.is_failover(),
@@ -299,12 +204,78 @@ impl Driver {
                        "expired_idle": s.expired_idle, "evicted": s.evicted},
             "outputs": {"to_secondary_out": q(&self.to_secondary),
                         "from_secondary_out": q(&self.from_secondary)},
-            "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
+            "peers": self.peers.to_json(),
         })
     }
 }
 
-/// Encode `frame` in its input's framing and queue it.
+/// The rewriter's counters in Prometheus text format (the `rewrite` and `secondary`
+/// roles).
+pub(crate) fn rewriter_metrics(e: &mut Exposition, rewriter: &Rewriter) {
+    let s = rewriter.stats();
+    e.counter_by(
+        "colo_rewrite_frames_in_total",
+        "Frames received, by direction.",
+        "direction",
+        &[
+            ("to_secondary", s.frames_to_secondary),
+            ("from_secondary", s.frames_from_secondary),
+        ],
+    );
+    e.counter1(
+        "colo_rewrite_rewritten_total",
+        "Frames whose sequence or acknowledgement numbers were translated.",
+        s.rewritten,
+    );
+    e.counter_by(
+        "colo_rewrite_passed_total",
+        "Frames passed unchanged, by reason.",
+        "reason",
+        &[
+            ("not_tcp", s.pass_not_tcp),
+            ("nothing_to_rewrite", s.pass_nothing_to_rewrite),
+            ("handshake", s.pass_handshake),
+            ("offset_unknown", s.pass_offset_unknown),
+            ("untracked", s.pass_untracked),
+            ("no_connection", s.pass_no_connection),
+            ("table_full", s.pass_table_full),
+            ("conflicting_syn", s.pass_conflicting_syn),
+            ("direction_mismatch", s.pass_direction_mismatch),
+        ],
+    );
+    e.gauge1(
+        "colo_rewrite_held_frames",
+        "Frames held now until the secondary's ISN is known.",
+        s.held,
+    );
+    e.counter_by(
+        "colo_rewrite_held_total",
+        "Held frames by outcome: released, expired, dropped (hold queue full).",
+        "outcome",
+        &[
+            ("released", s.released),
+            ("expired", s.held_expired),
+            ("dropped", s.dropped_hold_full),
+        ],
+    );
+    e.gauge1(
+        "colo_connections",
+        "Connections tracked now.",
+        rewriter.len() as u64,
+    );
+    e.counter1(
+        "colo_checkpoints_done_total",
+        "Checkpoints completed.",
+        s.checkpoints,
+    );
+    e.gauge1(
+        "colo_failover",
+        "Whether a failover command was received (1) or not (0).",
+        u64::from(rewriter.is_failover()),
+    );
+}
+
+/// Queue `frame` in its input's framing.
 fn push(q: &OutQueue, frame: &Frame, vnet_hdr: bool, dir: Direction) {
     if !q.push_frame(frame, vnet_hdr) {
         let dropped = q.stats().dropped_frames;

@@ -1,19 +1,21 @@
-//! Pieces shared by the daemon roles (`compare`, `rewrite`): transport endpoints,
-//! QEMU-framed readers, byte-capped output queues that survive reconnects, and the
-//! JSON-lines control socket.
+//! Pieces shared by the daemon roles (`compare`, `rewrite`, `primary`,
+//! `secondary`): transport endpoints, QEMU-framed readers, byte-capped output queues
+//! that survive reconnects, the JSON-lines control socket and the driver loop.
 //!
 //! - [`endpoint`]: `unix:PATH` / `tcp:HOST:PORT` endpoints, listening or `,connect`;
 //! - [`input`]: a reader task per input endpoint (QEMU framing, [`colo_core::codec`]);
 //! - [`outq`]: a bounded queue of encoded frames and the task writing it to a peer;
 //! - [`control`]: the control socket (`docs/control-protocol.md`);
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`);
-//! - [`engine_view`]: a compare engine's metrics and flow-policy commands.
+//! - [`engine_view`]: a compare engine's metrics and flow-policy commands;
+//! - [`driver`]: the select loop every role's driver runs ([`driver::Role`]).
 //!
 //! The I/O tasks only frame bytes; each role's driver task owns its sans-IO state
 //! machine and receives everything over one channel of its own event type, which
 //! must accept a [`PeerChange`].
 
 pub mod control;
+pub mod driver;
 pub mod endpoint;
 pub mod engine_view;
 pub mod input;
@@ -76,6 +78,30 @@ impl Default for Clock {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// QEMU stream framing, with the vnet header length field when `vnet_hdr`.
+#[must_use]
+pub(crate) fn decoder_config(vnet_hdr: bool) -> colo_core::codec::DecoderConfig {
+    colo_core::codec::DecoderConfig {
+        vnet_hdr,
+        ..colo_core::codec::DecoderConfig::default()
+    }
+}
+
+/// A future that completes with the signal's name on SIGTERM or SIGINT. Set up
+/// before anything runs, so that an early signal is not lost.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    })
 }
 
 /// Run a role to completion on a single-threaded tokio runtime (the engine and the

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use colo_core::Frame;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Notify, mpsc};
 
 use super::PeerChange;
@@ -102,10 +102,8 @@ impl OutQueue {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue an encoded frame; `false` if it did not fit and was dropped (counted).
-    /// (The roles queue frames with [`push_frame`](Self::push_frame); this stays for
-    /// bytes that are already framed.)
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Queue bytes that are already encoded (a link message, a bare packet); `false`
+    /// if they did not fit and were dropped (counted).
     pub fn push(&self, wire: Bytes) -> bool {
         self.push_wire(Wire {
             head: [0; 8],
@@ -177,8 +175,44 @@ impl OutQueue {
         }
     }
 
-    /// The first `n` frames were written whole.
-    fn pop_written(&self, n: usize) {
+    /// The entry at the front as one packet, if any (packet outputs queue bare
+    /// frames, so this is the frame's own `Bytes`, not a copy).
+    fn front_packet(&self) -> Option<Bytes> {
+        let q = self.lock();
+        let w = q.frames.front()?;
+        Some(if w.head_len == 0 {
+            w.body.clone()
+        } else {
+            let mut b = bytes::BytesMut::with_capacity(w.len());
+            b.extend_from_slice(w.head());
+            b.extend_from_slice(&w.body);
+            b.freeze()
+        })
+    }
+
+    /// The entry at the front as one piece, waiting for one if the queue is empty.
+    /// It stays queued until [`OutQueue::pop_written`].
+    pub async fn next(&self) -> Bytes {
+        loop {
+            if let Some(b) = self.front_packet() {
+                return b;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Drop the front entry after a failed send (counted as dropped).
+    fn pop_failed(&self) {
+        let mut q = self.lock();
+        if let Some(w) = q.frames.pop_front() {
+            q.bytes -= w.len();
+            q.stats.dropped_frames += 1;
+            q.stats.dropped_bytes += w.len() as u64;
+        }
+    }
+
+    /// The first `n` entries were written whole: take them off the queue.
+    pub fn pop_written(&self, n: usize) {
         let mut q = self.lock();
         for _ in 0..n {
             let Some(w) = q.frames.pop_front() else { break };
@@ -191,7 +225,7 @@ impl OutQueue {
 
 /// Writes `batch` whole with vectored writes, popping each frame from `queue` as soon
 /// as it has been written completely.
-async fn write_batch<W: tokio::io::AsyncWrite + Unpin>(
+async fn write_batch<W: AsyncWrite + Unpin>(
     wr: &mut W,
     queue: &OutQueue,
     batch: &[Wire],
@@ -246,33 +280,129 @@ where
             return;
         }
         let (mut rd, mut wr) = tokio::io::split(io);
-        let mut scratch = [0u8; 4096];
-        let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
-        let why = 'conn: loop {
-            batch.clear();
-            queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
-            if batch.is_empty() {
-                // Idle: wait for work, but notice the peer closing meanwhile.
-                tokio::select! {
-                    () = queue.notify.notified() => continue,
-                    r = rd.read(&mut scratch) => match r {
-                        Ok(0) => break 'conn "closed by peer".to_owned(),
-                        Ok(n) => {
-                            tracing::debug!(role, n, "ignoring bytes sent to an output endpoint");
-                            continue;
-                        }
-                        Err(e) => break 'conn e.to_string(),
-                    },
-                }
-            }
-            if let Err(e) = write_batch(&mut wr, &queue, &batch).await {
-                break 'conn e.to_string();
-            }
+        let why = tokio::select! {
+            why = write_queued(&mut wr, &queue) => why,
+            why = ignore_input(&mut rd, role) => why,
         };
         tracing::info!(role, reason = %why, queued = queue.stats().queued_frames, "disconnected");
         if !PeerChange::announce(&events, role, false).await {
             return;
         }
+    }
+}
+
+/// Read and discard what the peer of an output endpoint sends, until it closes.
+async fn ignore_input<R: AsyncRead + Unpin>(rd: &mut R, role: &'static str) -> String {
+    let mut scratch = [0u8; 4096];
+    loop {
+        match rd.read(&mut scratch).await {
+            Ok(0) => return "closed by peer".to_owned(),
+            Ok(n) => tracing::debug!(role, n, "ignoring bytes sent to an output endpoint"),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// Write queued entries to `wr` as they come (in vectored batches), each whole
+/// before it leaves the queue, until a write fails; returns why.
+pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -> String {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    loop {
+        batch.clear();
+        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
+        if batch.is_empty() {
+            // Only an empty queue waits; a push into it stores a wake-up.
+            queue.notify.notified().await;
+            continue;
+        }
+        if let Err(e) = write_batch(wr, queue, &batch).await {
+            return e.to_string();
+        }
+    }
+}
+
+/// Hand the next queued entry to `send` (a datagram socket, a TAP device: each entry
+/// is one whole packet), waiting for one when the queue is empty. An entry that
+/// `send` fails on is dropped and counted, as a lossy link would lose it.
+pub async fn send_queued<F, Fut>(queue: &OutQueue, role: &'static str, mut send: F) -> String
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    loop {
+        let frame = queue.next().await;
+        match send(frame).await {
+            Ok(()) => queue.pop_written(1),
+            Err(e) => {
+                tracing::debug!(role, error = %e, "send failed; frame dropped");
+                queue.pop_failed();
+            }
+        }
+    }
+}
+
+/// How frames are put on an output: QEMU's stream framing, or one packet each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// be32 length (+ be32 vnet header length when `vnet_hdr`) + frame.
+    Stream {
+        /// Write the vnet header length field.
+        vnet_hdr: bool,
+    },
+    /// The bare Ethernet frame (datagram sockets, TAP devices).
+    Packet,
+}
+
+/// An output queue with the framing of its endpoint: what a driver pushes frames to.
+#[derive(Debug, Clone)]
+pub struct FrameOut {
+    /// The queue.
+    pub queue: OutQueue,
+    /// How frames are encoded for it.
+    pub framing: Framing,
+    /// The endpoint's role, for logs.
+    pub role: &'static str,
+}
+
+impl FrameOut {
+    /// Queue `frame` in this output's framing, without copying its bytes; `false` if
+    /// it did not fit and was dropped (counted, logged at every power of two).
+    pub fn push(&self, frame: &Frame) -> bool {
+        let ok = match self.framing {
+            Framing::Stream { vnet_hdr } => self.queue.push_frame(frame, vnet_hdr),
+            Framing::Packet => self.queue.push(
+                frame
+                    .data
+                    .slice(frame.data.len().min(frame.vnet_hdr_len as usize)..),
+            ),
+        };
+        if !ok {
+            let dropped = self.queue.stats().dropped_frames;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    role = self.role,
+                    dropped,
+                    "output buffer full: dropping frames"
+                );
+            }
+        }
+        ok
+    }
+
+    /// The counters as JSON.
+    #[must_use]
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.queue.stats().to_json()
+    }
+}
+
+impl OutStats {
+    /// The counters as a JSON object (control protocol `stats`).
+    #[must_use]
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({"queued_frames": self.queued_frames, "queued_bytes": self.queued_bytes,
+               "written_frames": self.written_frames, "written_bytes": self.written_bytes,
+               "dropped_frames": self.dropped_frames, "dropped_bytes": self.dropped_bytes})
     }
 }
 
