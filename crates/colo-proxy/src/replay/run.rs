@@ -766,7 +766,13 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
 /// earlier one; frames of the earlier one that come after that are not compared.
 fn claim_engine_key(f: &mut Feed<'_>, id: usize) {
     let key = f.conns[id].engine_key;
-    let current = *f.engine_keys.entry(key).or_insert(id);
+    let current = match f.engine_keys.get(&key) {
+        Some(&current) => current,
+        None => {
+            f.engine_keys.insert(key, id);
+            id
+        }
+    };
     if current == id || f.conns[id].is_stopped() {
         return;
     }
