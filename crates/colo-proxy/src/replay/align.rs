@@ -64,6 +64,9 @@ pub fn decide(p: &ConnInfo, s: &ConnInfo) -> (SeqAlign, u32) {
 pub struct Aligner {
     rewriter: Rewriter,
     next_tick: Instant,
+    /// Secondary frames the caller keeps until their offsets are learnt (all
+    /// connections; the caller bounds it).
+    pub parked: usize,
 }
 
 impl Default for Aligner {
@@ -83,6 +86,7 @@ impl Aligner {
                 ..RewriteConfig::default()
             }),
             next_tick: Instant::ZERO,
+            parked: 0,
         }
     }
 

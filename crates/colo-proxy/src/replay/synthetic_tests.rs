@@ -462,3 +462,62 @@ fn a_side_caught_mid_message_costs_one_more_checkpoint_unless_the_checkpoint_las
     assert_eq!(r.summary.checkpoints, 1, "{}", r.text());
     assert_eq!(r.connections[0].divergences, 1);
 }
+
+/// Secondary frames waiting for an offset the rewriter never learns are bounded, and the
+/// report says why the connection was not compared.
+#[test]
+fn frames_waiting_for_the_rewriter_are_bounded() {
+    let a = FlowAddrs::v4(7);
+    let build = |isn: u32, client_ack: bool| -> Vec<Rec> {
+        let mut vm = TcpSender::new(a, isn, 5001);
+        let syn = tcp_frame(
+            &a,
+            Towards::Vm,
+            &Segment {
+                seq: 5000,
+                flags: TcpFlags::SYN,
+                ..Segment::default()
+            },
+        );
+        let mut out = vec![(0, syn.data.to_vec()), (50, vm.syn_ack().data.to_vec())];
+        if client_ack {
+            let ack = tcp_frame(
+                &a,
+                Towards::Vm,
+                &Segment {
+                    seq: 5001,
+                    ack: vm.next_seq,
+                    ..Segment::default()
+                },
+            );
+            out.push((100, ack.data.to_vec()));
+        }
+        for i in 0..300u64 {
+            out.push((1000 + i * 10, vm.data(b"0123456789").data.to_vec()));
+        }
+        out
+    };
+    // The primary capture lacks the client's handshake ACK: the rewriter never learns
+    // the primary's ISN.
+    let r = replay_recs(
+        &build(1000, false),
+        &build(50_000, true),
+        &["--no-ack-gate"],
+    );
+    let c = &r.connections[0];
+    assert_eq!(c.seq_alignment, Some("rewriter"));
+    let note = c.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("too many secondary frames wait"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("256 secondary frame(s) were never compared")),
+        "{:?}",
+        r.warnings
+    );
+    assert_ne!(r.result, "identical");
+}
