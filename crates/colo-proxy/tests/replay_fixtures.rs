@@ -150,6 +150,8 @@ fn replay_json_report_shape() {
         "flow",
         "verdict",
         "paired_by",
+        "seq_alignment",
+        "divergences",
         "primary",
         "secondary",
         "bytes_compared",
@@ -177,6 +179,14 @@ fn replay_json_report_shape() {
     for key in ["packet", "time", "from_offset", "hex", "text"] {
         assert!(d["primary"].get(key).is_some(), "excerpt missing {key}");
     }
+    // The secondary went through the live rewriter; one divergence, one checkpoint,
+    // counted under the documented model.
+    assert_eq!(c["seq_alignment"], "rewriter");
+    assert_eq!(c["divergences"], 1);
+    let s = &r["summary"];
+    assert_eq!(s["checkpoints"], 1);
+    assert_eq!(s["checkpoint_model"], "resync_at_send_positions");
+    assert_eq!(s["divergences_by_reason"]["payload"], 1);
 }
 
 #[test]
@@ -209,7 +219,7 @@ fn replay_text_report_shape() {
         "{text}"
     );
     assert!(
-        text.contains("checkpoints the live proxy would have asked for: 1 (compare_timeout 3000ms"),
+        text.contains("checkpoints the live proxy would have asked for: 1 (compare_timeout 3000ms, min interval 100ms, duration 0ms; model resync_at_send_positions)"),
         "{text}"
     );
     assert!(

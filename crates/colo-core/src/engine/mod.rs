@@ -3,7 +3,10 @@
 //! Feed it both VMs' output with [`Engine::handle_frame`]; drain [`Engine::poll_output`]
 //! for frames to release, divergences and checkpoint requests; call
 //! [`Engine::handle_timeout`] at [`Engine::poll_timeout`]; call
-//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed.
+//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed. A shell that has
+//! classified a frame already passes it with [`Engine::handle_classified`]; the offline
+//! replay of two independent captures completes checkpoints with
+//! [`Engine::handle_checkpoint_resync`] (module `replay_mode`).
 //!
 //! ```
 //! use colo_core::engine::{Engine, EngineConfig, Output};

@@ -32,10 +32,19 @@ use super::table::ConnKey;
 use super::{DropReason, Engine};
 
 impl Engine {
-    /// A checkpoint completed during an offline replay of two independent captures:
-    /// resynchronise every diverged connection at the positions both sides have reached
-    /// and keep comparing the rest (see the [module documentation](self)). The live
-    /// daemon uses [`Engine::handle_checkpoint_done`] instead.
+    /// A checkpoint completed during an offline replay of two independent captures,
+    /// where the secondary's capture goes on with its own state instead of becoming a
+    /// copy of the primary. The live daemon uses [`Engine::handle_checkpoint_done`].
+    ///
+    /// - A connection that has not diverged is left as it is (matched front, bytes held
+    ///   beyond it, held primary frames): the captures keep being compared.
+    /// - A diverged connection is resynchronised: its held primary frames are released,
+    ///   the secondary's unmatched bytes or datagrams are discarded, and comparison
+    ///   restarts with each side at the end of the furthest stream byte it had sent;
+    ///   control state (SYN, FIN, RST, acknowledgements) is copied from the primary.
+    ///
+    /// Later divergences go through the same checkpoint gate, so the requests counted
+    /// are exact under this model.
     pub fn handle_checkpoint_resync(&mut self, now: Instant) {
         self.advance(now);
         let mut released: Vec<HeldFrame> = self.overflow.drain(..).collect();

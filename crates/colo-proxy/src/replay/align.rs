@@ -63,6 +63,10 @@ pub fn decide(p: &ConnInfo, s: &ConnInfo) -> (SeqAlign, u32) {
 #[derive(Debug)]
 pub struct Aligner {
     rewriter: Rewriter,
+    next_tick: Instant,
+    /// Secondary frames the caller keeps until their offsets are learnt (all
+    /// connections; the caller bounds it).
+    pub parked: usize,
 }
 
 impl Default for Aligner {
@@ -81,6 +85,8 @@ impl Aligner {
                 max_connections: 1 << 20,
                 ..RewriteConfig::default()
             }),
+            next_tick: Instant::ZERO,
+            parked: 0,
         }
     }
 
@@ -111,7 +117,13 @@ impl Aligner {
             .is_some_and(|c| c.offsets.is_some())
     }
 
+    /// Expire the rewriter's entries on the captures' clock, at most once per
+    /// millisecond of it (its timers are seconds long).
     fn tick(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + colo_core::Duration::from_millis(1);
         if self.rewriter.poll_timeout().is_some_and(|t| t <= now) {
             self.rewriter.handle_timeout(now);
         }

@@ -522,13 +522,9 @@ impl ConnMap {
     #[must_use]
     pub fn get(&self, key: &FlowKey, number: u64) -> Option<usize> {
         let g = self.0.get(key)?;
-        Some(
-            g.later
-                .iter()
-                .rev()
-                .find(|(first, _)| *first <= number)
-                .map_or(g.id, |(_, id)| *id),
-        )
+        // `later` is in packet order: the last one starting at or before `number`.
+        let n = g.later.partition_point(|(first, _)| *first <= number);
+        Some(n.checked_sub(1).map_or(g.id, |i| g.later[i].1))
     }
 }
 

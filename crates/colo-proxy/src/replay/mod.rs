@@ -4,9 +4,11 @@
 //! 1. Pass 1 ([`index`]): read each capture's headers, decide which side is the VM,
 //!    list the connections, pair them across the captures.
 //! 2. Pass 2 ([`run`]): merge the captures by time and feed the VM's output to
-//!    [`colo_core::engine::Engine`] (`SeqAlignment::PerSideIsn`): the primary's
-//!    frames as `Side::Primary`, the secondary's, rewritten into the paired primary
-//!    connection's addresses, ports and client sequence space, as `Side::Secondary`.
+//!    [`colo_core::engine::Engine`]: the primary's frames as `Side::Primary`, the
+//!    secondary's, rewritten into the paired primary connection's addresses, ports and
+//!    client sequence space and then by colo-core's rewriter ([`align`]), as
+//!    `Side::Secondary`. Checkpoints complete on the captures' clock
+//!    (`Engine::handle_checkpoint_resync`), so later divergences are counted too.
 //! 3. Pass 3 ([`context`]): only when something diverged, read the captures again
 //!    for the bytes and packets around each divergence (and `--evidence` files).
 //!

@@ -124,6 +124,8 @@ impl Conn {
 
 /// Most secondary frames of one connection kept while the rewriter learns its offsets.
 const MAX_PARKED: usize = 256;
+/// Most such frames kept over all connections.
+const MAX_PARKED_TOTAL: usize = 65_536;
 
 /// Everything pass 2 produced, for pass 3 and the report.
 #[derive(Debug)]
@@ -690,6 +692,7 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
                 f.aligner.client_input(now, &mut eth);
                 if !conn.parked.is_empty() && f.aligner.learned(&info.key) {
                     let parked = std::mem::take(&mut conn.parked);
+                    f.aligner.parked -= parked.len();
                     for mut frame in parked {
                         f.aligner.secondary_output(now, &mut frame);
                         f.engine
@@ -741,13 +744,15 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
         if !conn.parked.is_empty() || !f.aligner.secondary_output(now, &mut eth) {
             // The rewriter cannot translate it yet: keep it (in order) until the
             // primary's client has shown the primary's ISN.
-            if conn.parked.len() < MAX_PARKED {
+            if conn.parked.len() < MAX_PARKED && f.aligner.parked < MAX_PARKED_TOTAL {
+                f.aligner.parked += 1;
                 conn.parked.push(eth);
             } else if conn.stopped.is_none() {
                 conn.compared_at_stop = Some(0);
                 conn.stopped = Some(format!(
-                    "not compared after packet #{number} of the secondary capture: the \
-                     rewriter never learnt the sequence offset"
+                    "not compared after packet #{number} of the secondary capture: too \
+                     many secondary frames wait for the rewriter to learn the sequence offset \
+                     (the primary capture lacks the client's handshake ACK?)"
                 ));
             }
             return;
@@ -766,7 +771,13 @@ fn feed(f: &mut Feed<'_>, s: usize, head: Head, now: Instant) {
 /// earlier one; frames of the earlier one that come after that are not compared.
 fn claim_engine_key(f: &mut Feed<'_>, id: usize) {
     let key = f.conns[id].engine_key;
-    let current = *f.engine_keys.entry(key).or_insert(id);
+    let current = match f.engine_keys.get(&key) {
+        Some(&current) => current,
+        None => {
+            f.engine_keys.insert(key, id);
+            id
+        }
+    };
     if current == id || f.conns[id].is_stopped() {
         return;
     }

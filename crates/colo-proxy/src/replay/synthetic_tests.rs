@@ -410,3 +410,114 @@ fn ipv6_fragments_are_compared() {
     let r = replay_recs(&p, &capture(b"a fragmented answer, LONG enough"), &[]);
     assert_eq!(r.result, "diverged", "{}", r.text());
 }
+
+/// The model's documented limit: a side caught mid-message at the checkpoint is
+/// resynchronised mid-message; a checkpoint duration that covers the rest of the message
+/// avoids the extra checkpoint.
+#[test]
+fn a_side_caught_mid_message_costs_one_more_checkpoint_unless_the_checkpoint_lasts() {
+    let a = FlowAddrs::v4(6);
+    let reply: Vec<u8> = (0..8192u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut other = reply.clone();
+    other[100] = b'#';
+    let build = |isn: u32, first: &[u8], sizes: usize| -> Vec<Rec> {
+        let mut vm = TcpSender::new(a, isn, 5001);
+        let client = |seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]| {
+            tcp_frame(
+                &a,
+                Towards::Vm,
+                &Segment {
+                    seq,
+                    ack,
+                    flags,
+                    payload,
+                    ..Segment::default()
+                },
+            )
+            .data
+            .to_vec()
+        };
+        let mut out = vec![(0, client(5000, 0, TcpFlags::SYN, b""))];
+        out.push((50, vm.syn_ack().data.to_vec()));
+        out.push((100, client(5001, vm.next_seq, TcpFlags::ACK, b"")));
+        let mut t = 1_000_000;
+        for chunk in first.chunks(sizes) {
+            out.push((t, vm.data(chunk).data.to_vec()));
+            t += 1000;
+        }
+        // A second, identical reply a second later.
+        for chunk in reply.chunks(sizes) {
+            out.push((2_000_000 + t, vm.data(chunk).data.to_vec()));
+            t += 1000;
+        }
+        out
+    };
+    // The primary sends each reply in one 8 KB super-frame, the secondary in 1448-byte
+    // segments 1 ms apart; the first replies differ at byte 100.
+    let p = build(1000, &reply, 8192);
+    let s = build(70_000, &other, 1448);
+    let r = replay_recs(&p, &s, &["--no-ack-gate"]);
+    assert_eq!(r.summary.checkpoints, 2, "{}", r.text());
+    let r = replay_recs(&p, &s, &["--no-ack-gate", "--checkpoint-duration", "20"]);
+    assert_eq!(r.summary.checkpoints, 1, "{}", r.text());
+    assert_eq!(r.connections[0].divergences, 1);
+}
+
+/// Secondary frames waiting for an offset the rewriter never learns are bounded, and the
+/// report says why the connection was not compared.
+#[test]
+fn frames_waiting_for_the_rewriter_are_bounded() {
+    let a = FlowAddrs::v4(7);
+    let build = |isn: u32, client_ack: bool| -> Vec<Rec> {
+        let mut vm = TcpSender::new(a, isn, 5001);
+        let syn = tcp_frame(
+            &a,
+            Towards::Vm,
+            &Segment {
+                seq: 5000,
+                flags: TcpFlags::SYN,
+                ..Segment::default()
+            },
+        );
+        let mut out = vec![(0, syn.data.to_vec()), (50, vm.syn_ack().data.to_vec())];
+        if client_ack {
+            let ack = tcp_frame(
+                &a,
+                Towards::Vm,
+                &Segment {
+                    seq: 5001,
+                    ack: vm.next_seq,
+                    ..Segment::default()
+                },
+            );
+            out.push((100, ack.data.to_vec()));
+        }
+        for i in 0..300u64 {
+            out.push((1000 + i * 10, vm.data(b"0123456789").data.to_vec()));
+        }
+        out
+    };
+    // The primary capture lacks the client's handshake ACK: the rewriter never learns
+    // the primary's ISN.
+    let r = replay_recs(
+        &build(1000, false),
+        &build(50_000, true),
+        &["--no-ack-gate"],
+    );
+    let c = &r.connections[0];
+    assert_eq!(c.seq_alignment, Some("rewriter"));
+    let note = c.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("too many secondary frames wait"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("256 secondary frame(s) were never compared")),
+        "{:?}",
+        r.warnings
+    );
+    assert_ne!(r.result, "identical");
+}
