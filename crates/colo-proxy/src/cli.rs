@@ -105,21 +105,9 @@ pub struct CompareArgs {
     #[arg(long, value_name = "ENDPOINT")]
     pub notify_dev: Option<Endpoint>,
 
-    /// Milliseconds a frame may wait unmatched before a checkpoint is requested.
-    #[arg(long, value_name = "MS", default_value_t = 3000,
-          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
-    pub compare_timeout: u64,
-
-    /// Milliseconds between expiry scans (QEMU's timer period; our deadlines are
-    /// exact, so this only bounds how stale idle expiry may be).
-    #[arg(long, value_name = "MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
-    pub expired_scan_cycle: u64,
-
-    /// Primary frames held per connection before a checkpoint is requested (the
-    /// engine's max_held_frames_per_conn; QEMU's default is 1024 and drops silently).
-    #[arg(long, value_name = "N", default_value_t = 16_384)]
-    pub max_queue_size: usize,
+    /// The compare engine's options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Read and write the be32 vnet_hdr_len field on primary_in, secondary_in and
     /// outdev. Accepts `--vnet-hdr-support`, `--vnet-hdr-support=on|off`.
@@ -141,12 +129,6 @@ pub struct CompareArgs {
     #[arg(long, value_name = "tcp:HOST:PORT",
           value_parser = crate::shell::metrics::parse_metrics_addr)]
     pub metrics: Option<String>,
-
-    /// Release the primary's output of matching flows without comparing (and discard
-    /// the secondary's): `PROTO:PORT` or `PROTO:ADDR:PORT`, PROTO tcp or udp, e.g.
-    /// `udp:123` (NTP). Repeatable. More can be set at run time (set-flow-policy).
-    #[arg(long, value_name = "PROTO:[ADDR:]PORT", action = clap::ArgAction::Append)]
-    pub pass_port: Vec<colo_core::engine::FlowMatch>,
 }
 
 impl CompareArgs {
@@ -164,13 +146,67 @@ impl CompareArgs {
                 }
             }
         }
+        self.engine.validate()
+    }
+}
+
+/// The compare engine's options, shared by `compare` and `primary` (named after
+/// colo-compare's properties).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Milliseconds a frame may wait unmatched before a checkpoint is requested.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub compare_timeout: u64,
+
+    /// Milliseconds between expiry scans (QEMU's timer period; our deadlines are
+    /// exact, so this only bounds how stale idle expiry may be).
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub expired_scan_cycle: u64,
+
+    /// Primary frames held per connection before a checkpoint is requested (the
+    /// engine's max_held_frames_per_conn; QEMU's default is 1024 and drops silently).
+    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    pub max_queue_size: usize,
+
+    /// Release the primary's output of matching flows without comparing (and discard
+    /// the secondary's): `PROTO:PORT` or `PROTO:ADDR:PORT`, PROTO tcp or udp, e.g.
+    /// `udp:123` (NTP). Repeatable. More can be set at run time (set-flow-policy).
+    #[arg(long, value_name = "PROTO:[ADDR:]PORT", action = clap::ArgAction::Append)]
+    pub pass_port: Vec<colo_core::engine::FlowMatch>,
+}
+
+impl EngineArgs {
+    /// Checks clap cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let max_rules = colo_core::engine::EngineConfig::default().max_flow_rules;
         anyhow::ensure!(
-            self.pass_port.len() <= colo_core::engine::EngineConfig::default().max_flow_rules,
-            "too many --pass-port rules ({}); at most {}",
+            self.pass_port.len() <= max_rules,
+            "too many --pass-port rules ({}); at most {max_rules}",
             self.pass_port.len(),
-            colo_core::engine::EngineConfig::default().max_flow_rules
         );
         Ok(())
+    }
+
+    /// The engine configuration these options ask for.
+    #[must_use]
+    pub fn engine_config(&self) -> colo_core::engine::EngineConfig {
+        use colo_core::engine::{EngineConfig, FlowPolicy, FlowRule};
+        EngineConfig {
+            compare_timeout: colo_core::Duration::from_millis(self.compare_timeout),
+            expired_scan_cycle: colo_core::Duration::from_millis(self.expired_scan_cycle),
+            max_held_frames_per_conn: self.max_queue_size,
+            flow_rules: self
+                .pass_port
+                .iter()
+                .map(|&matcher| FlowRule {
+                    matcher,
+                    policy: FlowPolicy::Pass,
+                })
+                .collect(),
+            ..EngineConfig::default()
+        }
     }
 }
 
@@ -473,9 +509,9 @@ mod tests {
             "unix:/c",
         ];
         let a = compare(&base).unwrap();
-        assert_eq!(a.compare_timeout, 3000);
-        assert_eq!(a.expired_scan_cycle, 1000);
-        assert_eq!(a.max_queue_size, 16_384);
+        assert_eq!(a.engine.compare_timeout, 3000);
+        assert_eq!(a.engine.expired_scan_cycle, 1000);
+        assert_eq!(a.engine.max_queue_size, 16_384);
         assert!(!a.vnet_hdr_support);
         assert!(a.secondary_in.connect);
         assert_eq!(a.outdev_buffer, 16 << 20);

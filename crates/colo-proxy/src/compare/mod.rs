@@ -19,8 +19,8 @@ pub mod notify;
 
 use std::process::ExitCode;
 
-use colo_core::engine::{Engine, EngineConfig, FlowMatch, FlowPolicy, FlowRule};
-use colo_core::{Duration, Frame, Side};
+use colo_core::engine::Engine;
+use colo_core::{Frame, Side};
 use tokio::sync::mpsc;
 
 use crate::cli::CompareArgs;
@@ -51,29 +51,6 @@ impl From<PeerChange> for Event {
     }
 }
 
-/// The engine configuration from colo-compare's options (milliseconds, frames) and
-/// the `--pass-port` rules.
-pub(crate) fn engine_config(
-    compare_timeout_ms: u64,
-    expired_scan_cycle_ms: u64,
-    max_queue_size: usize,
-    pass_ports: &[FlowMatch],
-) -> EngineConfig {
-    EngineConfig {
-        compare_timeout: Duration::from_millis(compare_timeout_ms),
-        expired_scan_cycle: Duration::from_millis(expired_scan_cycle_ms),
-        max_held_frames_per_conn: max_queue_size,
-        flow_rules: pass_ports
-            .iter()
-            .map(|&matcher| FlowRule {
-                matcher,
-                policy: FlowPolicy::Pass,
-            })
-            .collect(),
-        ..EngineConfig::default()
-    }
-}
-
 /// Run `colo-proxy compare` until SIGINT or SIGTERM.
 pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
@@ -81,12 +58,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
-    let config = engine_config(
-        args.compare_timeout,
-        args.expired_scan_cycle,
-        args.max_queue_size,
-        &args.pass_port,
-    );
+    let config = args.engine.engine_config();
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
 
     let shutdown = crate::shell::shutdown_signal()?;
@@ -127,8 +99,8 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
     drop(in_tx);
 
     tracing::info!(
-        compare_timeout_ms = args.compare_timeout,
-        max_queue_size = args.max_queue_size,
+        compare_timeout_ms = args.engine.compare_timeout,
+        max_queue_size = args.engine.max_queue_size,
         vnet_hdr_support = args.vnet_hdr_support,
         "colo-compare running"
     );

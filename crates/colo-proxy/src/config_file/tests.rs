@@ -51,11 +51,11 @@ fn file_alone_configures_a_role() {
     let a = compare_of(cli);
     assert_eq!(a.primary_in.to_string(), "unix:/run/p.sock");
     assert!(a.secondary_in.connect);
-    assert_eq!(a.compare_timeout, 2500);
+    assert_eq!(a.engine.compare_timeout, 2500);
     assert!(a.vnet_hdr_support);
-    assert_eq!(a.pass_port.len(), 2);
-    assert_eq!(a.pass_port[1].to_string(), "tcp:10.0.0.5:9100");
-    assert_eq!(a.max_queue_size, 16_384, "defaults fill the rest");
+    assert_eq!(a.engine.pass_port.len(), 2);
+    assert_eq!(a.engine.pass_port[1].to_string(), "tcp:10.0.0.5:9100");
+    assert_eq!(a.engine.max_queue_size, 16_384, "defaults fill the rest");
 }
 
 #[test]
@@ -80,10 +80,11 @@ fn flags_override_the_file() {
     .unwrap();
     assert_eq!(cli.log_level.as_deref(), Some("warn"));
     let a = compare_of(cli);
-    assert_eq!(a.compare_timeout, 700);
+    assert_eq!(a.engine.compare_timeout, 700);
     assert_eq!(a.outdev.to_string(), "unix:/elsewhere.sock");
     assert_eq!(
-        a.pass_port
+        a.engine
+            .pass_port
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
@@ -127,7 +128,9 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
     )
     .unwrap();
     assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap()).compare_timeout,
+        compare_of(Cli::try_parse_from(argv).unwrap())
+            .engine
+            .compare_timeout,
         11
     );
     let mut flag_file = tempfile::NamedTempFile::new().unwrap();
@@ -143,7 +146,9 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
     )
     .unwrap();
     assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap()).compare_timeout,
+        compare_of(Cli::try_parse_from(argv).unwrap())
+            .engine
+            .compare_timeout,
         22
     );
 }
@@ -258,7 +263,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("primary", "heartbeat-interval", "250"),
     ("primary", "heartbeat-timeout", "2000"),
     ("primary", "link-max-message", r#""128K""#),
-    ("secondary", "svm", r#""dgram:127.0.0.1:5000=127.0.0.1:5001""#),
+    (
+        "secondary",
+        "svm",
+        r#""dgram:127.0.0.1:5000=127.0.0.1:5001""#,
+    ),
     ("secondary", "link", r#""tcp:0.0.0.0:9000""#),
     ("secondary", "client", r#""stream:tcp:127.0.0.1:7000""#),
     ("secondary", "control", r#""/x/s.ctl""#),
@@ -436,7 +445,7 @@ fn example_files_are_valid() {
         match &cli.command {
             Command::Compare(a) => {
                 a.validate().unwrap();
-                assert_eq!(a.pass_port.len(), 2);
+                assert_eq!(a.engine.pass_port.len(), 2);
                 assert!(a.metrics.is_some() && a.control.is_some());
             }
             Command::Rewrite(a) => {

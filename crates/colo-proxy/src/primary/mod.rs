@@ -52,19 +52,9 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
     pub control: Option<PathBuf>,
 
-    /// Milliseconds a frame may wait unmatched before a checkpoint is requested.
-    #[arg(long, value_name = "MS", default_value_t = 3000,
-          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
-    pub compare_timeout: u64,
-
-    /// Milliseconds between expiry scans (as `compare`).
-    #[arg(long, value_name = "MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
-    pub expired_scan_cycle: u64,
-
-    /// Primary frames held per connection before a checkpoint is requested.
-    #[arg(long, value_name = "N", default_value_t = 16_384)]
-    pub max_queue_size: usize,
+    /// The compare engine's options (as `compare`).
+    #[command(flatten)]
+    pub engine: crate::cli::EngineArgs,
 
     /// Stream ports carry the be32 vnet_hdr_len field (QEMU vnet_hdr_support).
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
@@ -75,11 +65,6 @@ pub struct PrimaryArgs {
     /// beyond it frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub out_buffer: u64,
-
-    /// Release the primary's output of matching flows without comparing (as
-    /// `compare --pass-port`): `PROTO:PORT` or `PROTO:ADDR:PORT`. Repeatable.
-    #[arg(long, value_name = "PROTO:[ADDR:]PORT", action = clap::ArgAction::Append)]
-    pub pass_port: Vec<colo_core::engine::FlowMatch>,
 
     /// Serve the `stats` counters as Prometheus text on `tcp:HOST:PORT` (`GET /metrics`).
     #[arg(long, value_name = "tcp:HOST:PORT", value_parser = crate::shell::metrics::parse_metrics_addr)]
@@ -94,6 +79,7 @@ pub struct PrimaryArgs {
 pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
     crate::port::ensure_distinct(("--client", &args.client), ("--pvm", &args.pvm))?;
     args.link_options.validate()?;
+    args.engine.validate()?;
     crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }
 
@@ -103,12 +89,7 @@ pub(crate) async fn serve(
     args: &PrimaryArgs,
     shutdown: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
-    let config = crate::compare::engine_config(
-        args.compare_timeout,
-        args.expired_scan_cycle,
-        args.max_queue_size,
-        &args.pass_port,
-    );
+    let config = args.engine.engine_config();
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
 
     // Open everything first, so that address errors stop us before anything runs.
@@ -151,7 +132,7 @@ pub(crate) async fn serve(
         client = %args.client,
         pvm = %args.pvm,
         link = %args.link,
-        compare_timeout_ms = args.compare_timeout,
+        compare_timeout_ms = args.engine.compare_timeout,
         "primary proxy running"
     );
     let driver = Driver {
@@ -220,7 +201,11 @@ mod tests {
         assert_eq!(a.client, PortSpec::Tap("tap0".into()));
         assert!(a.link.connect);
         assert_eq!(
-            (a.compare_timeout, a.expired_scan_cycle, a.max_queue_size),
+            (
+                a.engine.compare_timeout,
+                a.engine.expired_scan_cycle,
+                a.engine.max_queue_size
+            ),
             (100, 50, 64)
         );
         assert!(a.vnet_hdr_support);
@@ -235,7 +220,7 @@ mod tests {
         ])
         .unwrap();
         assert!(!d.vnet_hdr_support);
-        assert_eq!(d.compare_timeout, 3000);
+        assert_eq!(d.engine.compare_timeout, 3000);
         d.link_options.validate().unwrap();
         assert!(parse(&["--client", "tap:x", "--link", "unix:/l"]).is_err());
         let bad = parse(&[
