@@ -11,7 +11,12 @@
 //!                                                       replies, connection after connection
 //! colo-testsrv client nondet ADDR:PORT LINE             one request, reads until the server closes
 //! colo-testsrv client udp-echo ADDR:PORT COUNT          COUNT datagrams, one at a time; prints the replies
+//! colo-testsrv client rtt ADDR:PORT COUNT               COUNT echo round trips on one connection;
+//!                                                       prints `rtt_us <p50> <p90> <p99> <max>`
 //! ```
+//!
+//! A bulk client also prints `received <bytes> in <micros> us` on stderr (from its
+//! request to the last byte), for benchmarks.
 //!
 //! The server listens on both IPv4 and IPv6 where it can (`[::]`, dual stack), prints
 //! `READY` once every listener is bound, one line `accepted <mode> <peer>` per TCP
@@ -26,7 +31,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream,
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use colo_integration::proto;
 
@@ -68,7 +73,8 @@ fn usage() -> ExitCode {
          colo-testsrv client [--bind-port PORT] echo ADDR:PORT CONN COUNT\n       \
          colo-testsrv client echo-many ADDR:PORT CONNS COUNT\n       \
          colo-testsrv client nondet ADDR:PORT LINE\n       \
-         colo-testsrv client udp-echo ADDR:PORT COUNT"
+         colo-testsrv client udp-echo ADDR:PORT COUNT\n       \
+         colo-testsrv client rtt ADDR:PORT COUNT"
     );
     ExitCode::from(2)
 }
@@ -105,6 +111,10 @@ fn main() -> ExitCode {
         ["client", "nondet", addr, line] => match addr.parse() {
             Ok(addr) => client_nondet(addr, line),
             Err(_) => return usage(),
+        },
+        ["client", "rtt", addr, count] => match (addr.parse(), count.parse()) {
+            (Ok(addr), Ok(count)) => client_rtt(addr, count),
+            _ => return usage(),
         },
         ["client", "udp-echo", addr, count] => match (addr.parse(), count.parse()) {
             (Ok(addr), Ok(count)) => client_udp_echo(addr, count),
@@ -322,6 +332,7 @@ fn connect_from_port(addr: SocketAddr, port: u16) -> io::Result<TcpStream> {
 
 fn client_bulk(addr: SocketAddr, bind_port: u16, n: u64) -> io::Result<()> {
     let mut stream = connect(addr, bind_port)?;
+    let started = Instant::now();
     stream.write_all(proto::bulk_request(n).as_bytes())?;
     let mut got = vec![0u8; usize::try_from(n).unwrap_or(0)];
     let mut filled = 0usize;
@@ -340,6 +351,7 @@ fn client_bulk(addr: SocketAddr, bind_port: u16, n: u64) -> io::Result<()> {
             next_progress += PROGRESS_EVERY;
         }
     }
+    eprintln!("received {filled} in {} us", started.elapsed().as_micros());
     // The client closes first (unless the server already did), then waits for the
     // server's FIN; anything after the expected bytes is kept, to be noticed.
     stream.shutdown(Shutdown::Write)?;
@@ -456,4 +468,42 @@ fn client_udp_echo(addr: SocketAddr, count: u32) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(&got)?;
     out.flush()
+}
+
+fn client_rtt(addr: SocketAddr, count: u32) -> io::Result<()> {
+    let stream = connect(addr, 0)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut line = String::new();
+    for i in 0..count {
+        let req = proto::echo_request(1, i);
+        let want = proto::echo_reply(req.trim_end_matches('\n'));
+        let started = Instant::now();
+        writer.write_all(req.as_bytes())?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        samples.push(started.elapsed().as_micros());
+        if line != want {
+            return Err(io::Error::other(format!(
+                "round trip {i}: got {line:?}, expected {want:?}"
+            )));
+        }
+    }
+    writer.shutdown(Shutdown::Write)?;
+    samples.sort_unstable();
+    let pct = |p: usize| {
+        samples
+            .get((samples.len() * p / 100).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "rtt_us {} {} {} {}",
+        pct(50),
+        pct(90),
+        pct(99),
+        samples.last().copied().unwrap_or(0)
+    );
+    Ok(())
 }
