@@ -13,9 +13,11 @@
 //! - [`engine`]: the compare engine: connection table, byte-stream comparison, release
 //!   ordering, the ACK gate, datagram comparison, checkpoint requests and epochs.
 //! - [`rewrite`]: the secondary-side TCP rewriter (seq/ack, SACK, timestamps).
+//! - [`announce`]: failover announcements (gratuitous ARP, unsolicited NA, dup ACKs).
 //! - [`sim`]: deterministic frame builders shared by tests, benchmarks and the demo.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod checksum;
 pub mod classify;
 pub mod codec;

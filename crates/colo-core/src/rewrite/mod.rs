@@ -85,6 +85,7 @@ use bytes::{Bytes, BytesMut};
 
 use self::options::{TcpOptions, parse_options, read_u32, write_u32};
 use self::table::{Handle, Table};
+use crate::announce::LiveConnection;
 use crate::checksum::{self, TCP_CHECKSUM_OFFSET};
 use crate::classify::{TcpFlags, TcpMeta, classify};
 use crate::flow::{FlowDir, FlowKey};
@@ -361,6 +362,20 @@ struct Conn {
     last_seen: Instant,
     held: Vec<Held>,
     hold_since: Instant,
+    /// The VM's latest segment as the client saw it (after rewriting).
+    vm_last: Option<VmLast>,
+}
+
+/// What a duplicate ACK from the VM must repeat, in the client's spaces.
+#[derive(Debug, Clone, Copy)]
+struct VmLast {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    /// Sequence number after the segment (its payload, SYN and FIN included).
+    seq_end: u32,
+    ack: u32,
+    window: u16,
+    timestamps: Option<(u32, u32)>,
 }
 
 impl Conn {
@@ -379,6 +394,7 @@ impl Conn {
             last_seen: now,
             held: Vec::new(),
             hold_since: now,
+            vm_last: None,
         }
     }
 
@@ -423,6 +439,30 @@ impl Conn {
         });
         stats.offsets_learned += 1;
         true
+    }
+
+    /// Remember the VM's segment in the client's spaces (once the offsets are known).
+    fn note_vm_segment(&mut self, eth: &[u8], tcp: &TcpMeta, seg: &Seg) {
+        let Some(offsets) = self.offsets else { return };
+        let (Some(dst), Some(src)) = (eth.get(0..6), eth.get(6..12)) else {
+            return;
+        };
+        let (mut dst_mac, mut src_mac) = ([0u8; 6], [0u8; 6]);
+        dst_mac.copy_from_slice(dst);
+        src_mac.copy_from_slice(src);
+        let tsval = |v: u32| offsets.ts.map_or(v, |ts| v.wrapping_add(ts));
+        self.vm_last = Some(VmLast {
+            src_mac,
+            dst_mac,
+            seq_end: seg
+                .seq
+                .0
+                .wrapping_add(tcp.seq_len())
+                .wrapping_add(offsets.seq),
+            ack: seg.ack.0,
+            window: tcp.window,
+            timestamps: seg.tsval.zip(seg.tsecr).map(|(v, e)| (tsval(v), e)),
+        });
     }
 
     fn closing_now(&self, seg: &Seg) -> bool {
@@ -566,6 +606,31 @@ impl Rewriter {
             offsets,
             closing: conn.closing,
             held: conn.held.len(),
+        })
+    }
+
+    /// The connections the VM has open (not closing, the VM has acknowledged
+    /// something, offsets known), with what a duplicate ACK from the VM to the client
+    /// must carry: used after failover to restart client traffic at once
+    /// ([`crate::announce::tcp_dup_ack`]). O(table size).
+    pub fn live_connections(&self) -> impl Iterator<Item = LiveConnection> + '_ {
+        self.table.iter().filter_map(|(key, conn)| {
+            if conn.closing {
+                return None;
+            }
+            let last = conn.vm_last?;
+            let (vm, client) = key.endpoints(conn.vm_dir);
+            Some(LiveConnection {
+                vlan: key.vlan,
+                vm,
+                client,
+                vm_mac: last.src_mac,
+                client_mac: last.dst_mac,
+                seq: last.seq_end,
+                ack: last.ack,
+                window: last.window,
+                timestamps: last.timestamps,
+            })
         })
     }
 
@@ -763,6 +828,9 @@ impl Rewriter {
         };
         let closing = conn.closing_now(&seg);
         conn.closing |= closing;
+        if dir == Direction::FromSecondary && seg.ack_flag && !seg.rst {
+            conn.note_vm_segment(eth, tcp, &seg);
+        }
         let release = if conn.offsets.is_some() && !conn.held.is_empty() {
             Some((
                 conn.offsets.unwrap_or(Offsets::ZERO),

@@ -57,6 +57,13 @@ impl<V> Table<V> {
         self.index.len()
     }
 
+    /// Every entry with its key, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.value.as_ref().map(|v| (&s.key, v)))
+    }
+
     pub fn find(&self, key: &FlowKey) -> Option<Handle> {
         let slot = *self.index.get(key)?;
         Some(Handle {

@@ -1146,3 +1146,106 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn live_connections_carry_the_client_facing_position() {
+    use crate::classify::TcpFlags as SimFlags;
+    use crate::sim::{FlowAddrs, Segment, Towards, tcp_frame};
+    let addrs = FlowAddrs::v4(7);
+    let mut rw = Rewriter::default();
+    let now = Instant::ZERO;
+    let isn_p: u32 = 1_000;
+    let isn_s: u32 = 900_000;
+    let client_isn: u32 = 5_000;
+    let f = |rw: &mut Rewriter, dir, towards, seg: Segment<'_>| {
+        let mut frame = tcp_frame(&addrs, towards, &seg);
+        let v = rw.rewrite_frame(now, dir, &mut frame);
+        assert!(v.forward(), "{v:?}");
+        frame
+    };
+    let syn = SimFlags::SYN;
+    let ack = SimFlags::ACK;
+    f(
+        &mut rw,
+        Direction::ToSecondary,
+        Towards::Vm,
+        Segment {
+            seq: client_isn,
+            flags: syn,
+            ..Segment::default()
+        },
+    );
+    f(
+        &mut rw,
+        Direction::FromSecondary,
+        Towards::Client,
+        Segment {
+            seq: isn_s,
+            ack: client_isn + 1,
+            flags: syn.union(ack),
+            ..Segment::default()
+        },
+    );
+    // The client acknowledges the primary's SYN-ACK: the offset is learned.
+    f(
+        &mut rw,
+        Direction::ToSecondary,
+        Towards::Vm,
+        Segment {
+            seq: client_isn + 1,
+            ack: isn_p + 1,
+            flags: ack,
+            ..Segment::default()
+        },
+    );
+    let out = f(
+        &mut rw,
+        Direction::FromSecondary,
+        Towards::Client,
+        Segment {
+            seq: isn_s + 1,
+            ack: client_isn + 1,
+            flags: ack,
+            window: 333,
+            payload: b"hello",
+            ..Segment::default()
+        },
+    );
+    let live: Vec<_> = rw.live_connections().collect();
+    assert_eq!(live.len(), 1);
+    let c = live[0];
+    assert_eq!(
+        c.seq,
+        isn_p + 1 + 5,
+        "next sequence number in the primary's space"
+    );
+    assert_eq!(c.ack, client_isn + 1);
+    assert_eq!(c.window, 333);
+    assert_eq!(c.vm.port, 80);
+    assert_eq!(c.client.ip(), addrs.client);
+    assert_eq!(c.vm_mac, crate::sim::VM_MAC);
+    assert_eq!(c.client_mac, crate::sim::CLIENT_MAC);
+    // The dup ACK matches what the client saw last, minus the payload.
+    let dup = crate::announce::tcp_dup_ack(&c);
+    let p = SlicedPacket::from_ethernet(&dup.data).unwrap();
+    let q = SlicedPacket::from_ethernet(&out.data).unwrap();
+    let (Some(TransportSlice::Tcp(d)), Some(TransportSlice::Tcp(o))) = (&p.transport, &q.transport)
+    else {
+        panic!("not TCP")
+    };
+    assert_eq!(d.sequence_number(), o.sequence_number().wrapping_add(5));
+    assert_eq!(d.acknowledgment_number(), o.acknowledgment_number());
+    // A closing connection is not live.
+    f(
+        &mut rw,
+        Direction::FromSecondary,
+        Towards::Client,
+        Segment {
+            seq: isn_s + 6,
+            ack: client_isn + 1,
+            flags: ack.union(SimFlags::RST),
+            ..Segment::default()
+        },
+    );
+    assert_eq!(rw.live_connections().count(), 0);
+}
