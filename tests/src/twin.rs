@@ -164,10 +164,17 @@ const QUIET_IPV6: &[(&str, &str)] = &[
     ("mldv1_unsolicited_report_interval", "0"),
 ];
 
-fn wait_for_device(name: &str, proxy: &ProxyProcess) -> io::Result<()> {
+fn wait_for_device(name: &str, proxy: &mut ProxyProcess) -> io::Result<()> {
     let path = PathBuf::from(format!("/sys/class/net/{name}"));
     let deadline = Instant::now() + STARTUP;
     while !path.exists() {
+        if let Some(status) = proxy.try_wait()? {
+            return Err(io::Error::other(format!(
+                "{} exited ({status}) before creating TAP device {name}; its log:\n{}",
+                proxy.label(),
+                proxy.log_tail(40)
+            )));
+        }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -366,13 +373,15 @@ impl TwinLab {
             &self.dir.path().join("primary.log"),
         )?);
 
-        let (primary, secondary) = (self.proxy(Vm::Primary)?, self.proxy(Vm::Secondary)?);
-        for (dev, proxy) in [
-            (&s_vm, secondary),
-            (&s_client, secondary),
-            (&p_vm, primary),
-            (&p_client, primary),
+        for (dev, vm) in [
+            (&s_vm, Vm::Secondary),
+            (&s_client, Vm::Secondary),
+            (&p_vm, Vm::Primary),
+            (&p_client, Vm::Primary),
         ] {
+            let proxy = self
+                .proxy_process(vm)
+                .ok_or_else(|| io::Error::other("proxy not started"))?;
             wait_for_device(dev, proxy)?;
         }
         self.secondary_ctl = Some(self.connect_control(&s_ctl, Vm::Secondary)?);

@@ -48,7 +48,7 @@ fn lab_or_skip(config: &TwinConfig) -> Option<TwinLab> {
         eprintln!("SKIPPED: {reason}");
         return None;
     }
-    Some(TwinLab::start(config).expect("building the two-host lab"))
+    Some(TwinLab::start(config).unwrap_or_else(|e| panic!("building the two-host lab: {e}")))
 }
 
 fn start_services(lab: &mut TwinLab) {
