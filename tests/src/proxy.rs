@@ -107,6 +107,22 @@ impl ProxyProcess {
         }
     }
 
+    /// Send it signal `name` (`STOP`, `CONT`, `TERM` ...) with `kill(1)`.
+    ///
+    /// # Errors
+    /// It is not running, or `kill` failed.
+    pub fn signal(&self, name: &str) -> io::Result<()> {
+        let pid = self
+            .id()
+            .ok_or_else(|| io::Error::other(format!("{} was already stopped", self.label)))?;
+        crate::netns::run_checked(
+            Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string()),
+        )
+        .map(drop)
+    }
+
     /// Kill it at once (SIGKILL), as a crashed host would vanish, and reap it.
     ///
     /// # Errors
@@ -154,6 +170,7 @@ impl ProxyProcess {
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SIGKILL also ends a stopped (SIGSTOP) process.
             let _ = child.kill();
             let _ = child.wait();
         }

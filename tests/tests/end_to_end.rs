@@ -540,26 +540,42 @@ fn download_in_progress(lab: &TwinLab, bytes: usize, at_least: usize) -> Watched
     bulk
 }
 
-/// The secondary host vanishes mid-transfer (its proxy is killed, the link drops):
-/// the primary says it is degraded and the download completes, every byte once.
-#[test]
-fn secondary_cut_mid_transfer_degrades() {
+/// How the secondary is cut off.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Its proxy is killed: the link's TCP connection closes.
+    Kill,
+    /// Its proxy is frozen (SIGSTOP): the link stays open but goes silent, and only
+    /// the heartbeat timeout can tell.
+    Freeze,
+}
+
+/// The secondary host is lost mid-transfer: the primary says it is degraded and the
+/// download completes, every byte once; new connections are served.
+fn secondary_cut_mid_transfer(cut: Cut) {
     let Some(mut lab) = lab_or_skip(&config()) else {
         return;
     };
     start_services(&mut lab);
     const BULK: usize = 48 * MIB;
     let bulk = download_in_progress(&lab, BULK, 8 * MIB);
-    lab.kill_proxy(Vm::Secondary)
-        .expect("killing the secondary");
+    match cut {
+        Cut::Kill => lab
+            .kill_proxy(Vm::Secondary)
+            .expect("killing the secondary"),
+        Cut::Freeze => lab
+            .proxy_process(Vm::Secondary)
+            .expect("secondary running")
+            .signal("STOP")
+            .expect("freezing the secondary"),
+    }
     let degraded = lab
         .control(Vm::Primary)
-        .wait_event_named("degraded", Duration::from_secs(15))
+        .wait_event_named("degraded", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
-    eprintln!("degraded: {degraded}");
+    eprintln!("{cut:?}: degraded after the cut: {degraded}");
     let bulk = finish(&lab, bulk, Duration::from_secs(120));
     assert_bulk(&bulk, BULK, "download across the secondary's loss");
-    // New connections are served, uncompared.
     let echo = client(
         &lab,
         &[
@@ -572,6 +588,16 @@ fn secondary_cut_mid_transfer_degrades() {
     );
     let echo = finish(&lab, echo, Duration::from_secs(30));
     assert_eq!(echo.stdout, proto::echo_transcript(3, 10));
+}
+
+#[test]
+fn secondary_killed_mid_transfer_degrades() {
+    secondary_cut_mid_transfer(Cut::Kill);
+}
+
+#[test]
+fn secondary_frozen_mid_transfer_degrades_by_heartbeat() {
+    secondary_cut_mid_transfer(Cut::Freeze);
 }
 
 /// The primary host vanishes mid-transfer (its proxy is killed: the primary VM is
