@@ -62,6 +62,14 @@ pub enum Command {
     /// the capture timestamps as its clock, and explain every divergence.
     /// Exit codes: 0 identical, 1 diverged, 2 usage error, 3 damaged or unreadable capture.
     Replay(crate::replay::ReplayArgs),
+    /// The primary proxy of the two-host design: faces the client (PORT), feeds the
+    /// primary VM (PORT), mirrors client traffic to the secondary proxy over the
+    /// link and compares the secondary's output against the primary VM's.
+    Primary(crate::primary::PrimaryArgs),
+    /// The secondary proxy of the two-host design: rewrites mirrored client traffic
+    /// into the secondary VM and its output back over the link; after a failover it
+    /// faces the client itself (--client PORT).
+    Secondary(crate::secondary::SecondaryArgs),
 }
 
 /// Options of `colo-proxy compare`, named after colo-compare's properties.
@@ -238,7 +246,7 @@ impl CtlCommand {
 }
 
 /// `on`/`off` (QEMU style) or `true`/`false`.
-fn parse_on_off(s: &str) -> Result<bool, String> {
+pub(crate) fn parse_on_off(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
@@ -247,7 +255,7 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
 }
 
 /// A control socket path: `unix:PATH` or `PATH`.
-fn parse_control_path(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn parse_control_path(s: &str) -> Result<PathBuf, String> {
     let path = s.strip_prefix("unix:").unwrap_or(s);
     if path.is_empty() || path.contains(',') && path.ends_with(",connect") {
         return Err(format!("{s:?}: the control socket is unix:PATH"));

@@ -7,9 +7,13 @@ mod cli;
 mod compare;
 mod ctl;
 mod demo;
+mod link;
 mod logging;
+mod port;
+mod primary;
 mod replay;
 mod rewrite;
+mod secondary;
 mod shell;
 
 use std::process::ExitCode;
@@ -27,6 +31,8 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Rewrite(args) => rewrite::run(args),
+        Command::Primary(args) => primary::run(args),
+        Command::Secondary(args) => secondary::run(args),
     });
     match result {
         Ok(code) => code,

@@ -11,8 +11,6 @@
 
 use std::future::Future;
 
-use bytes::BytesMut;
-use colo_core::codec::encode_frame;
 use colo_core::engine::{Engine, Mode, Output};
 use colo_core::{Instant, Side};
 use serde_json::{Map, Value, json};
@@ -20,7 +18,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
 use crate::shell::control::{Command, Request, event_line};
-use crate::shell::outq::OutQueue;
+use crate::shell::driver::{Peers, Role, flush_queues};
+use crate::shell::outq::FrameOut;
 use crate::shell::{Clock, PeerChange};
 
 /// Everything the driver talks to.
@@ -28,10 +27,11 @@ use crate::shell::{Clock, PeerChange};
 pub struct Driver {
     /// The engine.
     pub engine: Engine,
-    /// Write the vnet_hdr_len field on the outdev.
-    pub vnet_hdr: bool,
-    /// Released frames on their way to the outdev.
-    pub outq: OutQueue,
+    /// Released frames on their way to the outdev (or the client port).
+    pub out: FrameOut,
+    /// The endpoint role whose peer is the secondary (`secondary_in`, `link`): its
+    /// loss means degraded mode.
+    pub secondary_role: &'static str,
     /// Events for control clients (JSON lines).
     pub events: broadcast::Sender<String>,
     /// `DO_CHECKPOINT` requests for the notify task, when `--notify-dev` is set.
@@ -45,7 +45,35 @@ pub struct Driver {
     /// Checkpoint completions, by source (control socket, notify device).
     pub checkpoint_done_by: [u64; 2],
     /// Which endpoint roles have a peer now.
-    pub peers: Vec<(&'static str, bool)>,
+    pub peers: Peers,
+}
+
+impl Role for Driver {
+    type Event = Event;
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.engine.poll_timeout()
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        self.handle_event(event);
+    }
+
+    fn on_command(&mut self, command: Command) -> Result<Map<String, Value>, String> {
+        self.command(command)
+    }
+
+    fn after_wake(&mut self) {
+        self.drain();
+    }
 }
 
 impl Driver {
@@ -53,11 +81,8 @@ impl Driver {
         self.clock.now()
     }
 
-    fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
-        self.clock.to_tokio(at)
-    }
-
-    fn event(&self, fields: Map<String, Value>, name: &str) {
+    /// Push an event to control clients.
+    pub(crate) fn event(&self, fields: Map<String, Value>, name: &str) {
         // No receivers is fine: nobody is listening on the control socket.
         let _ = self.events.send(event_line(name, fields));
     }
@@ -69,53 +94,17 @@ impl Driver {
         mut control: mpsc::Receiver<Request>,
         shutdown: impl Future<Output = &'static str>,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            let deadline = self.engine.poll_timeout().map(|t| self.to_tokio(t));
-            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
-                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
-            }));
-            tokio::select! {
-                biased;
-                why = &mut shutdown => {
-                    tracing::info!(signal = why, "shutting down");
-                    break;
-                }
-                Some(req) = control.recv() => {
-                    let result = self.command(req.command);
-                    let _ = req.reply.send(result);
-                }
-                () = sleep, if deadline.is_some() => {
-                    let now = self.now();
-                    self.engine.handle_timeout(now);
-                }
-                ev = inputs.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.handle_event(ev);
-                    // Take what else is ready before draining outputs.
-                    for _ in 0..64 {
-                        match inputs.try_recv() {
-                            Ok(ev) => self.handle_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
-            self.drain();
-        }
+        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
         self.shutdown().await;
     }
 
     /// Like QEMU's colo-compare finalize: release what is still held, then give the
     /// outdev a moment to take the queue.
-    async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         self.engine.set_pass_through(true);
         self.drain();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        while !self.outq.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let out = self.outq.stats();
+        flush_queues(&[&self.out.queue]).await;
+        let out = self.out.queue.stats();
         tracing::info!(
             written = out.written_frames,
             unsent = out.queued_frames,
@@ -124,26 +113,19 @@ impl Driver {
         );
     }
 
-    fn handle_event(&mut self, ev: Event) {
+    /// Carry out one event from the I/O tasks.
+    pub(crate) fn handle_event(&mut self, ev: Event) {
         match ev {
             Event::Frame(side, frame) => {
                 let now = self.now();
                 self.engine.handle_frame(now, side, frame);
             }
             Event::Peer(PeerChange { role, up }) => {
-                match self.peers.iter_mut().find(|(r, _)| *r == role) {
-                    Some(p) => p.1 = up,
-                    None => self.peers.push((role, up)),
-                }
-                let name = if up {
-                    "peer-connected"
-                } else {
-                    "peer-disconnected"
-                };
+                let name = self.peers.set(role, up);
                 let mut f = Map::new();
                 f.insert("role".into(), json!(role));
                 self.event(f, name);
-                if role == "secondary_in" {
+                if role == self.secondary_role {
                     self.secondary_peer(up);
                 }
             }
@@ -165,30 +147,38 @@ impl Driver {
         if up {
             if self.engine.mode() == Mode::PassThrough {
                 self.engine.set_pass_through(false);
-                tracing::info!("secondary_in is back: comparing again after the next checkpoint");
+                tracing::info!(
+                    role = self.secondary_role,
+                    "secondary is back: comparing again after the next checkpoint"
+                );
                 self.event(Map::new(), "secondary-back");
             }
         } else if self.engine.mode() != Mode::PassThrough {
             let held = self.engine.stats().held_frames;
             self.engine.set_pass_through(true);
             tracing::warn!(
+                role = self.secondary_role,
                 released_held = held,
-                "secondary_in lost: degraded mode, releasing primary output unchecked"
+                "secondary lost: degraded mode, releasing primary output unchecked"
             );
             let mut f = Map::new();
-            f.insert("reason".into(), json!("secondary_in disconnected"));
+            f.insert(
+                "reason".into(),
+                json!(format!("{} disconnected", self.secondary_role)),
+            );
             f.insert("released_held".into(), json!(held));
             self.event(f, "degraded");
         }
     }
 
-    fn checkpoint_done(&mut self, from: &'static str) {
+    pub(crate) fn checkpoint_done(&mut self, from: &'static str) {
         let now = self.now();
         self.engine.handle_checkpoint_done(now);
         tracing::info!(from, epoch = self.engine.epoch(), "checkpoint done");
     }
 
-    fn command(&mut self, cmd: Command) -> Result<Map<String, Value>, String> {
+    /// Carry out a control command.
+    pub(crate) fn command(&mut self, cmd: Command) -> Result<Map<String, Value>, String> {
         let mut m = Map::new();
         match cmd {
             Command::CheckpointDone => {
@@ -214,9 +204,9 @@ impl Driver {
         Ok(m)
     }
 
-    fn stats_json(&self) -> Value {
+    /// The `stats` reply's object.
+    pub(crate) fn stats_json(&self) -> Value {
         let s = self.engine.stats();
-        let out = self.outq.stats();
         let per_reason = |a: &[u64; 7]| {
             colo_core::engine::CheckpointReason::ALL
                 .iter()
@@ -239,27 +229,18 @@ impl Driver {
                             "coalesced": s.checkpoints_coalesced, "done": s.checkpoints_done},
             "connections": {"active": s.connections_active, "created": s.connections_created,
                             "evicted": s.connections_evicted, "expired": s.connections_expired},
-            "outdev": {"queued_frames": out.queued_frames, "queued_bytes": out.queued_bytes,
-                       "written_frames": out.written_frames, "written_bytes": out.written_bytes,
-                       "dropped_frames": out.dropped_frames, "dropped_bytes": out.dropped_bytes},
+            self.out.role: self.out.stats_json(),
             "notify_dev": {"unknown": self.notify_unknown},
-            "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
+            "peers": self.peers.to_json(),
         })
     }
 
     /// Carry out everything the engine asked for.
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Release(frame) => {
-                    let mut wire = BytesMut::new();
-                    encode_frame(&frame, self.vnet_hdr, &mut wire);
-                    if !self.outq.push(wire.freeze()) {
-                        let dropped = self.outq.stats().dropped_frames;
-                        if dropped.is_power_of_two() {
-                            tracing::warn!(dropped, "outdev buffer full: dropping released frames");
-                        }
-                    }
+                    self.out.push(&frame);
                 }
                 Output::Divergence(d) => {
                     tracing::debug!(divergence = %d, "divergence");

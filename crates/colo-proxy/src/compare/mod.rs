@@ -29,8 +29,9 @@ use tokio::sync::{broadcast, mpsc};
 use crate::cli::CompareArgs;
 
 use self::driver::Driver;
+use crate::shell::driver::Peers;
 use crate::shell::endpoint::{Source, UnixServer};
-use crate::shell::outq::{self, OutQueue};
+use crate::shell::outq::{self, FrameOut, Framing, OutQueue};
 use crate::shell::{Clock, PeerChange, control, input};
 
 /// What the I/O tasks tell the compare driver.
@@ -118,15 +119,21 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
     );
     let driver = Driver {
         engine: Engine::new(config),
-        vnet_hdr: args.vnet_hdr_support,
-        outq,
+        out: FrameOut {
+            queue: outq,
+            framing: Framing::Stream {
+                vnet_hdr: args.vnet_hdr_support,
+            },
+            role: "outdev",
+        },
+        secondary_role: "secondary_in",
         events,
         notify,
         clock: Clock::new(),
         notify_unknown: 0,
         failed_over: false,
         checkpoint_done_by: [0; 2],
-        peers: Vec::new(),
+        peers: Peers::default(),
     };
     let shutdown = async move {
         tokio::select! {

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
 use crate::shell::control::{Command, Request, event_line};
+use crate::shell::driver::{Peers, Role, flush_queues};
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
 
@@ -38,7 +39,35 @@ pub struct Driver {
     /// The clock.
     pub clock: Clock,
     /// Which endpoint roles have a peer now.
-    pub peers: Vec<(&'static str, bool)>,
+    pub peers: Peers,
+}
+
+impl Role for Driver {
+    type Event = Event;
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn deadline(&self) -> Option<colo_core::Instant> {
+        self.rewriter.poll_timeout()
+    }
+
+    fn on_timeout(&mut self, now: colo_core::Instant) {
+        self.rewriter.handle_timeout(now);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        self.handle_event(event);
+    }
+
+    fn on_command(&mut self, command: Command) -> Result<Map<String, Value>, String> {
+        self.command(command)
+    }
+
+    fn after_wake(&mut self) {
+        self.drain_released();
+    }
 }
 
 impl Driver {
@@ -54,46 +83,8 @@ impl Driver {
         mut control: mpsc::Receiver<Request>,
         shutdown: impl Future<Output = &'static str>,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            let deadline = self.rewriter.poll_timeout().map(|t| self.clock.to_tokio(t));
-            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
-                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
-            }));
-            tokio::select! {
-                biased;
-                why = &mut shutdown => {
-                    tracing::info!(signal = why, "shutting down");
-                    break;
-                }
-                Some(req) = control.recv() => {
-                    let result = self.command(req.command);
-                    let _ = req.reply.send(result);
-                }
-                () = sleep, if deadline.is_some() => {
-                    let now = self.clock.now();
-                    self.rewriter.handle_timeout(now);
-                    self.drain_released();
-                }
-                ev = inputs.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.handle_event(ev);
-                    for _ in 0..64 {
-                        match inputs.try_recv() {
-                            Ok(ev) => self.handle_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
-        }
-        // Give the outputs a moment to take what is queued.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        while !(self.to_secondary.is_empty() && self.from_secondary.is_empty())
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
+        flush_queues(&[&self.to_secondary, &self.from_secondary]).await;
         tracing::info!(
             to_secondary_written = self.to_secondary.stats().written_frames,
             from_secondary_written = self.from_secondary.stats().written_frames,
@@ -123,20 +114,10 @@ impl Driver {
                 }
             }
             Event::Peer(PeerChange { role, up }) => {
-                match self.peers.iter_mut().find(|(r, _)| *r == role) {
-                    Some(p) => p.1 = up,
-                    None => self.peers.push((role, up)),
-                }
+                let name = self.peers.set(role, up);
                 let mut f = Map::new();
                 f.insert("role".into(), json!(role));
-                self.event(
-                    f,
-                    if up {
-                        "peer-connected"
-                    } else {
-                        "peer-disconnected"
-                    },
-                );
+                self.event(f, name);
             }
         }
     }
@@ -182,12 +163,7 @@ impl Driver {
 
     fn stats_json(&self) -> Value {
         let s = self.rewriter.stats();
-        let q = |q: &OutQueue| {
-            let o = q.stats();
-            json!({"queued_frames": o.queued_frames, "queued_bytes": o.queued_bytes,
-                   "written_frames": o.written_frames, "written_bytes": o.written_bytes,
-                   "dropped_frames": o.dropped_frames, "dropped_bytes": o.dropped_bytes})
-        };
+        let q = |q: &OutQueue| q.stats().to_json();
         json!({
             "epoch": s.checkpoints,
             "failover": self.rewriter.is_failover(),
@@ -213,7 +189,7 @@ impl Driver {
                        "expired_idle": s.expired_idle, "evicted": s.evicted},
             "outputs": {"to_secondary_out": q(&self.to_secondary),
                         "from_secondary_out": q(&self.from_secondary)},
-            "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
+            "peers": self.peers.to_json(),
         })
     }
 }

@@ -100,7 +100,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
         from_secondary: from_q,
         events,
         clock: Clock::new(),
-        peers: Vec::new(),
+        peers: crate::shell::driver::Peers::default(),
     };
     let shutdown = async move {
         tokio::select! {

@@ -9,7 +9,7 @@
 
 use colo_core::Frame;
 use colo_core::codec::{DecoderConfig, FrameDecoder};
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
 
 use super::PeerChange;
@@ -26,42 +26,62 @@ where
     W: Fn(Frame) -> E + Send + 'static,
 {
     let role = source.role;
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut io = source.next().await;
+        let io = source.next().await;
         if !PeerChange::announce(&tx, role, true).await {
             return;
         }
-        let mut dec = FrameDecoder::new(config);
-        let why = 'conn: loop {
-            let n = match io.read(&mut buf).await {
-                Ok(0) => match dec.finish() {
-                    Ok(()) => break 'conn "closed by peer".to_owned(),
-                    Err(e) => break 'conn format!("closed by peer: {e}"),
-                },
-                Ok(n) => n,
-                Err(e) => break 'conn e.to_string(),
-            };
-            dec.push(&buf[..n]);
-            loop {
-                match dec.poll_frame() {
-                    Ok(Some(frame)) => {
-                        if tx.send(wrap(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(role, error = %e, "framing error; dropping this connection");
-                        break 'conn format!("framing error: {e}");
-                    }
-                }
-            }
+        let Some(why) = read_frames(io, role, config, &tx, &wrap).await else {
+            return;
         };
-        drop(io);
         tracing::info!(role, reason = %why, "disconnected");
         if !PeerChange::announce(&tx, role, false).await {
             return;
+        }
+    }
+}
+
+/// Read QEMU-framed frames from one connection until it ends, sending each to the
+/// driver as `wrap(frame)`. Returns why the connection ended, or `None` when the
+/// driver is gone.
+pub async fn read_frames<R, E, W>(
+    mut io: R,
+    role: &'static str,
+    config: DecoderConfig,
+    tx: &mpsc::Sender<E>,
+    wrap: &W,
+) -> Option<String>
+where
+    R: AsyncRead + Unpin,
+    W: Fn(Frame) -> E,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut dec = FrameDecoder::new(config);
+    loop {
+        let n = match io.read(&mut buf).await {
+            Ok(0) => {
+                return Some(match dec.finish() {
+                    Ok(()) => "closed by peer".to_owned(),
+                    Err(e) => format!("closed by peer: {e}"),
+                });
+            }
+            Ok(n) => n,
+            Err(e) => return Some(e.to_string()),
+        };
+        dec.push(&buf[..n]);
+        loop {
+            match dec.poll_frame() {
+                Ok(Some(frame)) => {
+                    if tx.send(wrap(frame)).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(role, error = %e, "framing error; dropping this connection");
+                    return Some(format!("framing error: {e}"));
+                }
+            }
         }
     }
 }

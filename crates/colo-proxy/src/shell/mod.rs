@@ -12,6 +12,7 @@
 //! must accept a [`PeerChange`].
 
 pub mod control;
+pub mod driver;
 pub mod endpoint;
 pub mod input;
 pub mod outq;
@@ -72,6 +73,21 @@ impl Default for Clock {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A future that completes with the signal's name on SIGTERM or SIGINT. Set up
+/// before anything runs, so that an early signal is not lost.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    })
 }
 
 /// Run a role to completion on a single-threaded tokio runtime (the engine and the

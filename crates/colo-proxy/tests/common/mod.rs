@@ -315,3 +315,114 @@ pub fn read_for(stream: &mut UnixStream, wait: Duration) -> Vec<u8> {
 pub fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
+
+/// Poll `stats` until `pred` holds (10 s at most).
+pub fn wait_for_stats(ctl: &mut Control, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = ctl.command("stats");
+        if pred(&s["stats"]) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `colo-proxy secondary` with stream ports `svm.sock` and `client.sock`, the link
+/// listening on `link.sock` and the control socket `ctl.sock`, plus `extra`.
+pub fn start_secondary(dir: tempfile::TempDir, extra: &[&str]) -> Proxy {
+    let mut args = vec![
+        "--svm",
+        "stream:unix:{dir}/svm.sock",
+        "--client",
+        "stream:unix:{dir}/client.sock",
+        "--link",
+        "unix:{dir}/link.sock",
+        "--control",
+        "unix:{dir}/ctl.sock",
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start_role_in("secondary", dir, &args)
+}
+
+/// `colo-proxy primary` with stream ports `client.sock` and `pvm.sock`, dialling the
+/// link at `link` (an ENDPOINT), control socket `ctl.sock`, plus `extra`.
+pub fn start_primary(dir: tempfile::TempDir, link: &str, extra: &[&str]) -> Proxy {
+    let mut args = vec![
+        "--client",
+        "stream:unix:{dir}/client.sock",
+        "--pvm",
+        "stream:unix:{dir}/pvm.sock",
+        "--link",
+        link,
+        "--control",
+        "unix:{dir}/ctl.sock",
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start_role_in("primary", dir, &args)
+}
+
+/// A QEMU-framed stream peer (a VM or client played by the test) that keeps its
+/// decoder across reads, so no frame is lost between calls.
+pub struct FramedPeer {
+    pub stream: UnixStream,
+    dec: FrameDecoder,
+    ready: std::collections::VecDeque<Frame>,
+}
+
+impl FramedPeer {
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            dec: FrameDecoder::new(DecoderConfig::default()),
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Send frames (in pieces, to exercise reassembly).
+    pub fn send(&mut self, frames: &[Frame]) {
+        write_split(&mut self.stream, &wire(frames, false), frames.len() as u64);
+    }
+
+    fn fill(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 65536];
+        let got = match self.stream.read(&mut buf) {
+            Ok(0) => panic!("peer closed the stream"),
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        self.dec.push(&buf[..got]);
+        while let Some(f) = self.dec.poll_frame().expect("framing") {
+            self.ready.push_back(f);
+        }
+        true
+    }
+
+    /// The next frame (10 s at most).
+    pub fn next(&mut self) -> Frame {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return f;
+            }
+            assert!(Instant::now() < deadline, "no frame within 10 s");
+            self.fill(Duration::from_millis(100));
+        }
+    }
+
+    /// The next `n` frames.
+    pub fn take(&mut self, n: usize) -> Vec<Frame> {
+        (0..n).map(|_| self.next()).collect()
+    }
+
+    /// Whether nothing arrives within `wait`.
+    pub fn quiet(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while self.ready.is_empty() && Instant::now() < deadline {
+            self.fill(Duration::from_millis(20));
+        }
+        self.ready.is_empty()
+    }
+}

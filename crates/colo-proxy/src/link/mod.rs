@@ -1,0 +1,211 @@
+//! The link between `colo-proxy primary` and `colo-proxy secondary`: one stream
+//! connection (TCP or Unix, see [`crate::shell::endpoint`]) carrying the protocol
+//! of [`proto`] (docs/link-protocol.md).
+//!
+//! [`run`] keeps the link up: it takes one connection at a time (accepting, or
+//! dialling with backoff), exchanges hellos, then reads messages for the driver
+//! and writes the driver's [`OutQueue`] of encoded messages, with a heartbeat every
+//! `heartbeat_interval`. A connection on which nothing arrives for
+//! `heartbeat_timeout` is dropped even if TCP still thinks it is alive. A peer with
+//! the wrong magic, version or role is logged with what is wrong and disconnected.
+//! The driver hears of it all as [`PeerChange`]s (role `link`) and [`LinkEvent`]s.
+//!
+//! Reading and writing run concurrently, so two proxies both writing into full
+//! socket buffers never wait on each other.
+
+pub mod proto;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+use self::proto::{Decoder, HELLO_LEN, LinkRole, Message};
+use crate::shell::PeerChange;
+use crate::shell::endpoint::Source;
+use crate::shell::outq::OutQueue;
+
+/// The endpoint role name of the link in events, logs and `stats`.
+pub const ROLE: &str = "link";
+
+/// Link tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// Which proxy this is.
+    pub me: LinkRole,
+    /// How often a heartbeat is sent.
+    pub heartbeat_interval: Duration,
+    /// How long the peer may stay silent before the link is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// Largest message accepted.
+    pub max_message: usize,
+}
+
+/// Link options shared by `primary` and `secondary`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// Milliseconds between heartbeats on the link.
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub heartbeat_interval: u64,
+
+    /// Milliseconds without anything from the peer after which the link is declared
+    /// dead and dropped (even if TCP still thinks it is up); also bounds the hello.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub heartbeat_timeout: u64,
+
+    /// Largest link message accepted (a frame plus 9 bytes); a peer sending more is
+    /// disconnected. Accepts K, M suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = crate::cli::parse_size)]
+    pub link_max_message: u64,
+}
+
+impl LinkArgs {
+    /// The link configuration for `me`.
+    #[must_use]
+    pub fn config(&self, me: LinkRole) -> LinkConfig {
+        LinkConfig {
+            me,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout),
+            max_message: usize::try_from(self.link_max_message).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// What the link task tells the driver besides peer changes.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A message arrived.
+    Message(Message),
+    /// A peer was refused or dropped for a protocol error (the reason).
+    ProtocolError(String),
+}
+
+/// Keep the link up and carry messages both ways. Runs until the driver is gone.
+pub async fn run<E>(mut source: Source, config: LinkConfig, queue: OutQueue, tx: mpsc::Sender<E>)
+where
+    E: From<PeerChange> + From<LinkEvent> + Send + 'static,
+{
+    loop {
+        let io = source.next().await;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        if let Err(why) = handshake(&mut rd, &mut wr, config).await {
+            tracing::warn!(role = ROLE, error = %why, "link peer refused; disconnecting it");
+            if tx.send(LinkEvent::ProtocolError(why).into()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tracing::info!(role = ROLE, peer = config.me.peer().as_str(), "link up");
+        if !PeerChange::announce(&tx, ROLE, true).await {
+            return;
+        }
+        let why = tokio::select! {
+            why = read_messages(&mut rd, config, &tx) => why,
+            why = write_messages(&mut wr, config, &queue) => Some(why),
+        };
+        let Some(why) = why else { return };
+        tracing::warn!(role = ROLE, reason = %why, queued = queue.stats().queued_frames, "link down");
+        if !PeerChange::announce(&tx, ROLE, false).await {
+            return;
+        }
+    }
+}
+
+/// Send our hello, read and check the peer's (within the heartbeat timeout).
+async fn handshake<R, W>(rd: &mut R, wr: &mut W, config: LinkConfig) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    wr.write_all(&proto::hello(config.me))
+        .await
+        .map_err(|e| format!("sending the hello: {e}"))?;
+    let mut hello = [0u8; HELLO_LEN];
+    match tokio::time::timeout(config.heartbeat_timeout, rd.read_exact(&mut hello)).await {
+        Err(_) => Err(format!(
+            "no hello from the peer within {} ms",
+            config.heartbeat_timeout.as_millis()
+        )),
+        Ok(Err(e)) => Err(format!("reading the hello: {e}")),
+        Ok(Ok(_)) => proto::check_hello(&hello, config.me.peer()).map_err(|e| e.to_string()),
+    }
+}
+
+/// Read messages until the connection ends, breaks the protocol or falls silent.
+/// Returns why, or `None` when the driver is gone.
+async fn read_messages<R, E>(rd: &mut R, config: LinkConfig, tx: &mpsc::Sender<E>) -> Option<String>
+where
+    R: AsyncRead + Unpin,
+    E: From<LinkEvent>,
+{
+    let mut dec = Decoder::new(config.max_message);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match tokio::time::timeout(config.heartbeat_timeout, rd.read(&mut buf)).await {
+            Err(_) => {
+                return Some(format!(
+                    "heartbeat timeout: nothing from the peer for {} ms",
+                    config.heartbeat_timeout.as_millis()
+                ));
+            }
+            Ok(Ok(0)) => return Some("closed by peer".to_owned()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Some(e.to_string()),
+        };
+        dec.push(&buf[..n]);
+        loop {
+            match dec.poll() {
+                Ok(Some(Message::Heartbeat)) => {}
+                Ok(Some(msg)) => {
+                    if tx.send(LinkEvent::Message(msg).into()).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!("protocol error: {e}");
+                    tracing::warn!(role = ROLE, error = %e, "link protocol error; disconnecting");
+                    if tx
+                        .send(LinkEvent::ProtocolError(why.clone()).into())
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    return Some(why);
+                }
+            }
+        }
+    }
+}
+
+/// Write queued messages and heartbeats until a write fails; returns why.
+async fn write_messages<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    config: LinkConfig,
+    queue: &OutQueue,
+) -> String {
+    let heartbeat: Bytes = proto::encoded(&Message::Heartbeat);
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => {
+                if let Err(e) = wr.write_all(&heartbeat).await {
+                    return e.to_string();
+                }
+            }
+            msg = queue.next() => {
+                if let Err(e) = wr.write_all(&msg).await {
+                    return e.to_string();
+                }
+                queue.pop_written();
+            }
+        }
+    }
+}

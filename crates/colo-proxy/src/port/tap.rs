@@ -1,0 +1,80 @@
+//! A TAP device as a port: `tun-tap` opens (and if need be creates) the device
+//! without packet information; the file descriptor is non-blocking and driven by
+//! tokio's [`AsyncFd`]. One read is one frame, one write is one frame.
+
+use bytes::Bytes;
+use colo_core::Frame;
+use colo_core::codec::frame_from_datagram;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tun_tap::{Iface, Mode};
+
+/// An open TAP device.
+#[derive(Debug)]
+pub struct Tap {
+    fd: AsyncFd<Iface>,
+}
+
+impl Tap {
+    /// Open (or create) TAP device `name`. Needs `CAP_NET_ADMIN` and /dev/net/tun.
+    pub fn open(name: &str) -> std::io::Result<Self> {
+        let iface = Iface::without_packet_info(name, Mode::Tap)?;
+        iface.set_non_blocking()?;
+        tracing::info!(name = iface.name(), "TAP device open");
+        // `AsyncFd::new` is deprecated because a caller could close the descriptor
+        // while it is registered; here the `Iface` that owns it moves into the
+        // `AsyncFd` and is closed only when that is dropped (after deregistration).
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(iface)?;
+        Ok(Self { fd })
+    }
+
+    /// Receive frames until the driver is gone; bad reads are logged and skipped.
+    pub async fn recv_frames<E, W>(
+        &self,
+        role: &'static str,
+        max: usize,
+        tx: &mpsc::Sender<E>,
+        wrap: &W,
+    ) where
+        W: Fn(Frame) -> E,
+    {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let mut guard = match self.fd.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(role, error = %e, "TAP device unusable");
+                    return;
+                }
+            };
+            let n = match guard.try_io(|inner| inner.get_ref().recv(&mut buf)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::warn!(role, error = %e, "TAP read failed");
+                    continue;
+                }
+                Err(_would_block) => continue,
+            };
+            match frame_from_datagram(Bytes::copy_from_slice(&buf[..n]), max) {
+                Ok(frame) => {
+                    if tx.send(wrap(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(role, error = %e, "TAP frame skipped"),
+            }
+        }
+    }
+
+    /// Write one frame.
+    pub async fn send(&self, frame: Bytes) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|inner| inner.get_ref().send(&frame)) {
+                Ok(r) => return r.map(|_| ()),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}

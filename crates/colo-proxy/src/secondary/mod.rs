@@ -1,0 +1,192 @@
+//! `colo-proxy secondary`: the secondary host's proxy in the two-host design.
+//!
+//! Data paths (one driver task owns the rewriter, see [`driver`]):
+//! - link (client frames mirrored by the primary) → rewriter
+//!   ([`colo_core::rewrite::Direction::ToSecondary`]) → secondary VM port;
+//! - secondary VM port → rewriter ([`colo_core::rewrite::Direction::FromSecondary`])
+//!   → link, to the primary's compare engine.
+//!
+//! After a `failover` command (the primary is gone) the secondary VM's output, still
+//! rewritten, goes to `--client` instead, client frames from `--client` reach the VM
+//! through the rewriter, and the proxy announces the VM's addresses (gratuitous
+//! ARP, unsolicited neighbour advertisements) and sends three duplicate ACKs on each
+//! live TCP connection so that clients retransmit at once ([`colo_core::announce`]).
+
+pub mod driver;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use colo_core::Frame;
+use colo_core::announce::VmAddresses;
+use colo_core::codec::DecoderConfig;
+use colo_core::rewrite::{RewriteConfig, Rewriter};
+use tokio::sync::{broadcast, mpsc};
+
+use self::driver::{Counters, Driver};
+use crate::cli::{parse_control_path, parse_on_off, parse_size};
+use crate::link::proto::LinkRole;
+use crate::link::{self, LinkArgs, LinkEvent};
+use crate::port::{Port, PortSpec};
+use crate::shell::driver::Peers;
+use crate::shell::endpoint::{Endpoint, Source, UnixServer};
+use crate::shell::outq::{FrameOut, OutQueue};
+use crate::shell::{Clock, PeerChange, control, input};
+
+/// Options of `colo-proxy secondary`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecondaryArgs {
+    /// The secondary VM's NIC: tap:IFNAME, stream:unix:PATH[,connect],
+    /// stream:tcp:HOST:PORT[,connect] or dgram:LOCALHOST:PORT=REMOTEHOST:PORT.
+    #[arg(long, value_name = "PORT")]
+    pub svm: PortSpec,
+
+    /// The link to the primary proxy: unix:PATH or tcp:HOST:PORT, listening by
+    /// default (typically tcp:0.0.0.0:9000), `,connect` to dial.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub link: Endpoint,
+
+    /// Where the client is reached after a failover (same PORT syntax); unused
+    /// before. Without it, failover is refused.
+    #[arg(long, value_name = "PORT")]
+    pub client: Option<PortSpec>,
+
+    /// Control socket (docs/control-protocol.md): unix:PATH or a plain path.
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
+    pub control: Option<PathBuf>,
+
+    /// Stream ports carry the be32 vnet_hdr_len field (QEMU vnet_hdr_support).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
+          default_missing_value = "on", value_parser = parse_on_off)]
+    pub vnet_hdr_support: bool,
+
+    /// Bytes buffered per output (svm, link, client) for a slow or absent peer;
+    /// beyond it frames are dropped and counted. Accepts K, M, G suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub out_buffer: u64,
+
+    /// A checkpoint-done from the control socket and one forwarded by the primary
+    /// within this many milliseconds of each other are one checkpoint (reset the
+    /// rewriter once).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub checkpoint_pair_window: u64,
+
+    /// Most VM addresses remembered for the failover announcements.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_announced_addresses: usize,
+
+    /// Link options.
+    #[command(flatten)]
+    pub link_options: LinkArgs,
+}
+
+/// What the I/O tasks tell the secondary's driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A frame from the client port (used after failover only).
+    Client(Frame),
+    /// A frame from the secondary VM.
+    Svm(Frame),
+    /// Something from the link.
+    Link(LinkEvent),
+    /// A peer came or went.
+    Peer(PeerChange),
+}
+
+impl From<PeerChange> for Event {
+    fn from(p: PeerChange) -> Self {
+        Self::Peer(p)
+    }
+}
+
+impl From<LinkEvent> for Event {
+    fn from(e: LinkEvent) -> Self {
+        Self::Link(e)
+    }
+}
+
+/// Run `colo-proxy secondary` until SIGINT or SIGTERM.
+pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
+    if args.client.as_ref() == Some(&args.svm) {
+        anyhow::bail!(
+            "--client and --svm are the same port ({}); each needs its own",
+            args.svm
+        );
+    }
+    crate::shell::block_on(serve(args))
+}
+
+async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
+    let decoder = DecoderConfig {
+        vnet_hdr: args.vnet_hdr_support,
+        ..DecoderConfig::default()
+    };
+    let shutdown = crate::shell::shutdown_signal()?;
+
+    let svm = Port::bind("svm", &args.svm).await?;
+    let client = match &args.client {
+        Some(spec) => Some(Port::bind("client", spec).await?),
+        None => None,
+    };
+    let link_src = Source::bind(link::ROLE, args.link.clone()).await?;
+    let control = match &args.control {
+        Some(path) => Some(UnixServer::bind(path).context("--control")?),
+        None => None,
+    };
+
+    let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
+    let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
+    let svm_out = FrameOut {
+        queue: OutQueue::new(cap),
+        framing: svm.framing(args.vnet_hdr_support),
+        role: "svm",
+    };
+    let link_q = OutQueue::new(cap);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(svm.run(decoder, svm_out.queue.clone(), in_tx.clone(), Event::Svm));
+    let client_out = client.map(|port| {
+        let out = FrameOut {
+            queue: OutQueue::new(cap),
+            framing: port.framing(args.vnet_hdr_support),
+            role: "client",
+        };
+        tasks.spawn(port.run(decoder, out.queue.clone(), in_tx.clone(), Event::Client));
+        out
+    });
+    let link_config = args.link_options.config(LinkRole::Secondary);
+    tasks.spawn(link::run(
+        link_src,
+        link_config,
+        link_q.clone(),
+        in_tx.clone(),
+    ));
+    if let Some(server) = control {
+        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
+        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
+    }
+    drop(in_tx);
+
+    tracing::info!(svm = %args.svm, link = %args.link, "secondary proxy running");
+    let driver = Driver {
+        rewriter: Rewriter::new(RewriteConfig::default()),
+        svm: svm_out,
+        client: client_out,
+        link: link_q,
+        link_up: false,
+        events,
+        clock: Clock::new(),
+        peers: Peers::default(),
+        failed_over: false,
+        addresses: VmAddresses::new(args.max_announced_addresses),
+        pair_window: std::time::Duration::from_millis(args.checkpoint_pair_window),
+        last_done: None,
+        counters: Counters::default(),
+    };
+    driver.run(in_rx, ctl_rx, shutdown).await;
+    tasks.shutdown().await;
+    Ok(())
+}
