@@ -84,6 +84,12 @@ pub struct TwinConfig {
     pub log_filter: String,
     /// `net.ipv4.tcp_timestamps` of the secondary VM (see [`crate::lab::NetConfig`]).
     pub secondary_tcp_timestamps: Option<u8>,
+    /// The largest TCP receive buffer in the client namespace (`tcp_rmem` max), in
+    /// bytes. The primary VM can run ahead of the secondary by at most the client's
+    /// window, and its output waits that long for the secondary's; bounding the
+    /// window bounds the wait, which must stay under the compare timeout when the
+    /// secondary's path (rewriter, link) is slower than the primary's.
+    pub client_rmem_max: Option<u32>,
 }
 
 impl Default for TwinConfig {
@@ -94,6 +100,7 @@ impl Default for TwinConfig {
             secondary_args: Vec::new(),
             log_filter: "info".into(),
             secondary_tcp_timestamps: Some(2),
+            client_rmem_max: Some(1 << 20),
         }
     }
 }
@@ -264,6 +271,10 @@ impl TwinLab {
         if let Some(v) = config.secondary_tcp_timestamps {
             lab.svm
                 .set_sysctl("net/ipv4/tcp_timestamps", &v.to_string())?;
+        }
+        if let Some(max) = config.client_rmem_max {
+            lab.client
+                .set_sysctl("net/ipv4/tcp_rmem", &format!("4096 131072 {max}"))?;
         }
         lab.create_client_bridge()?;
         match config.path {

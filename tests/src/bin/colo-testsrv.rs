@@ -187,7 +187,7 @@ fn serve(args: &[&str]) -> io::Result<()> {
                     Ok(s) => {
                         let peer = s
                             .peer_addr()
-                            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+                            .map_or_else(|_| "?".to_owned(), |a| canonical(a).to_string());
                         say(&format!("accepted {} {peer}", mode_name(mode)));
                         thread::spawn(move || {
                             if let Err(e) = handle(mode, s) {
@@ -210,6 +210,16 @@ fn serve(args: &[&str]) -> io::Result<()> {
     say("READY");
     thread::sleep(lifetime);
     Ok(())
+}
+
+/// An IPv4 peer of a dual-stack listener as IPv4 (`::ffff:a.b.c.d` -> `a.b.c.d`).
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().map_or(addr, |v4| {
+            SocketAddr::new(std::net::IpAddr::V4(v4), v6.port())
+        }),
+        SocketAddr::V4(_) => addr,
+    }
 }
 
 const fn mode_name(mode: Mode) -> &'static str {
