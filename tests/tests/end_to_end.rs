@@ -551,8 +551,8 @@ fn nondeterministic_reply_requests_checkpoint() {
 }
 
 /// Start a download, wait until the client has `at_least` bytes.
-fn download_in_progress(lab: &TwinLab, bytes: usize, at_least: usize) -> WatchedOutput {
-    let mut bulk = client(lab, &bulk_args(vm_addr(false, BULK_PORT), bytes), "bulk");
+fn download_in_progress(lab: &TwinLab, v6: bool, bytes: usize, at_least: usize) -> WatchedOutput {
+    let mut bulk = client(lab, &bulk_args(vm_addr(v6, BULK_PORT), bytes), "bulk");
     bulk.wait_stderr("progress", Duration::from_secs(60), |l| {
         l.strip_prefix("progress ")
             .and_then(|n| n.parse::<usize>().ok())
@@ -560,6 +560,14 @@ fn download_in_progress(lab: &TwinLab, bytes: usize, at_least: usize) -> Watched
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
     bulk
+}
+
+/// The client's address of a running client, from its `local=` line.
+fn local_addr(run: &WatchedOutput) -> SocketAddr {
+    run.stderr_lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("local=")?.parse().ok())
+        .expect("the client printed its local address")
 }
 
 /// How the secondary is cut off.
@@ -580,7 +588,7 @@ fn secondary_cut_mid_transfer(cut: Cut) {
     };
     start_services(&mut lab);
     const BULK: usize = 48 * MIB;
-    let bulk = download_in_progress(&lab, BULK, 8 * MIB);
+    let bulk = download_in_progress(&lab, false, BULK, 8 * MIB);
     match cut {
         Cut::Kill => lab
             .kill_proxy(Vm::Secondary)
@@ -624,16 +632,17 @@ fn secondary_frozen_mid_transfer_degrades_by_heartbeat() {
 
 /// The primary host vanishes mid-transfer (its proxy is killed: the primary VM is
 /// cut off and the client port disappears from the bridge), then the secondary is
-/// told to fail over: it takes over the client's open connection, still rewriting,
-/// and the download completes with every byte once.
-#[test]
-fn primary_cut_failover_to_secondary() {
+/// told to fail over: it announces the VM's address where it now faces the client,
+/// sends duplicate ACKs on the open connection, takes the connection over, still
+/// rewriting, and the download completes with every byte once.
+fn primary_cut_failover(v6: bool) {
     let Some(mut lab) = lab_or_skip(&config()) else {
         return;
     };
     start_services(&mut lab);
     const BULK: usize = 48 * MIB;
-    let bulk = download_in_progress(&lab, BULK, 8 * MIB);
+    let bulk = download_in_progress(&lab, v6, BULK, 8 * MIB);
+    let local = local_addr(&bulk);
     lab.kill_proxy(Vm::Primary).expect("killing the primary");
     let reply = lab
         .control(Vm::Secondary)
@@ -645,6 +654,25 @@ fn primary_cut_failover_to_secondary() {
         .wait_event_named("failover-done", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
     eprintln!("failover-done: {done}");
+    let announced = if v6 {
+        &done["neighbour_advertisement"]
+    } else {
+        &done["gratuitous_arp"]
+    };
+    let vm_ip = vm_addr(v6, 0).ip().to_string();
+    assert!(
+        announced
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| *x == vm_ip.as_str())),
+        "the VM's address {vm_ip} was not announced: {done}"
+    );
+    let conn = format!("{} -> {local}", vm_addr(v6, BULK_PORT));
+    assert!(
+        done["dup_ack_connections"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| *x == conn.as_str())),
+        "no duplicate ACKs on the open download {conn}: {done}"
+    );
     let bulk = finish(&lab, bulk, Duration::from_secs(120));
     assert_bulk(&bulk, BULK, "download across the failover");
     // The secondary now serves new connections too.
@@ -652,7 +680,7 @@ fn primary_cut_failover_to_secondary() {
         &lab,
         &[
             "echo".into(),
-            vm_addr(false, ECHO_PORT).to_string(),
+            vm_addr(v6, ECHO_PORT).to_string(),
             "4".into(),
             "10".into(),
         ],
@@ -660,4 +688,14 @@ fn primary_cut_failover_to_secondary() {
     );
     let echo = finish(&lab, echo, Duration::from_secs(30));
     assert_eq!(echo.stdout, proto::echo_transcript(4, 10));
+}
+
+#[test]
+fn primary_cut_failover_to_secondary() {
+    primary_cut_failover(false);
+}
+
+#[test]
+fn primary_cut_failover_to_secondary_ipv6() {
+    primary_cut_failover(true);
 }
