@@ -157,40 +157,37 @@ pub fn tcp_dup_ack(conn: &LiveConnection) -> Frame {
         tcp.extend_from_slice(&tsval.to_be_bytes());
         tcp.extend_from_slice(&tsecr.to_be_bytes());
     }
-    let mut out = Vec::with_capacity(MIN_FRAME + 40);
-    match (conn.vm.ip(), conn.client.ip()) {
+    // The IP header (checksummed where IPv4 has one) and the TCP checksum.
+    let mut ip = Vec::with_capacity(40);
+    let (ether_type, csum) = match (conn.vm.ip(), conn.client.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let csum = tcp_checksum_ipv4(src.octets(), dst.octets(), &tcp);
-            tcp[TCP_CHECKSUM_OFFSET..TCP_CHECKSUM_OFFSET + 2].copy_from_slice(&csum.to_be_bytes());
-            ethernet(
-                &mut out,
-                conn.vm_mac,
-                conn.client_mac,
-                conn.vlan,
-                ETHERTYPE_IPV4,
-            );
             let len = u16::try_from(tcp.len()).unwrap_or(u16::MAX);
-            if let Ok(mut ip) = Ipv4Header::new(len, 64, IpNumber::TCP, src.octets(), dst.octets())
-            {
-                ip.dont_fragment = true;
-                ip.header_checksum = ip.calc_header_checksum();
-                out.extend_from_slice(&ip.to_bytes());
+            if let Ok(mut h) = Ipv4Header::new(len, 64, IpNumber::TCP, src.octets(), dst.octets()) {
+                h.dont_fragment = true;
+                h.header_checksum = h.calc_header_checksum();
+                ip.extend_from_slice(&h.to_bytes());
             }
+            (
+                ETHERTYPE_IPV4,
+                tcp_checksum_ipv4(src.octets(), dst.octets(), &tcp),
+            )
         }
         (src, dst) => {
             let (src, dst) = (v6_octets(src), v6_octets(dst));
-            let csum = tcp_checksum_ipv6(src, dst, &tcp);
-            tcp[TCP_CHECKSUM_OFFSET..TCP_CHECKSUM_OFFSET + 2].copy_from_slice(&csum.to_be_bytes());
-            ethernet(
-                &mut out,
-                conn.vm_mac,
-                conn.client_mac,
-                conn.vlan,
-                ETHERTYPE_IPV6,
-            );
-            ipv6_header(&mut out, src, dst, IpNumber::TCP.0, tcp.len(), 64);
+            ipv6_header(&mut ip, src, dst, IpNumber::TCP.0, tcp.len(), 64);
+            (ETHERTYPE_IPV6, tcp_checksum_ipv6(src, dst, &tcp))
         }
-    }
+    };
+    tcp[TCP_CHECKSUM_OFFSET..TCP_CHECKSUM_OFFSET + 2].copy_from_slice(&csum.to_be_bytes());
+    let mut out = Vec::with_capacity(MIN_FRAME + 40);
+    ethernet(
+        &mut out,
+        conn.vm_mac,
+        conn.client_mac,
+        conn.vlan,
+        ether_type,
+    );
+    out.extend_from_slice(&ip);
     out.extend_from_slice(&tcp);
     finish(out)
 }

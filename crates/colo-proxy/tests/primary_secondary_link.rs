@@ -265,3 +265,58 @@ fn garbage_on_the_link_is_refused_with_a_clear_error() {
     assert!(!secondary.log_text().contains("panicked"));
     assert!(secondary.stop().success());
 }
+
+#[test]
+fn a_stuck_link_never_blocks_client_to_pvm_and_overflow_asks_for_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let link_path = dir.path().join("stuck-secondary.sock");
+    let listener = UnixListener::bind(&link_path).unwrap();
+    let link = format!("unix:{},connect", link_path.display());
+    let mut primary = common::start_primary(
+        tempfile::tempdir().unwrap(),
+        &link,
+        &["--out-buffer", "64K", "--heartbeat-timeout", "60000"],
+    );
+    let mut pctl = Control::new(primary.connect("ctl.sock"));
+    let mut client = common::FramedPeer::new(primary.connect("client.sock"));
+    let mut pvm = common::FramedPeer::new(primary.connect("pvm.sock"));
+    // A secondary that says hello and then never reads.
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.write_all(&hello(2)).unwrap();
+    wait_for_stats(&mut pctl, "link up", |s| s["link"]["up"] == true);
+
+    let addrs = FlowAddrs::v4(9);
+    let payload = vec![0x5a; 1400];
+    let frames: Vec<Frame> = (0..400)
+        .map(|_| udp_frame(&addrs, Towards::Vm, &payload))
+        .collect();
+    // 400 x ~1.4 KB is far more than the socket buffer plus the 64 KiB queue.
+    let reader = std::thread::spawn(move || {
+        let got = pvm.take(400);
+        (pvm, got)
+    });
+    for chunk in frames.chunks(50) {
+        client.send(chunk);
+    }
+    let (_pvm, got) = reader.join().unwrap();
+    assert_eq!(
+        got, frames,
+        "every client frame reached the primary VM, in order"
+    );
+    let ev = pctl.event("checkpoint-requested");
+    assert_eq!(ev["reason"], "mirror-overflow", "{ev}");
+    let st = pctl.command("stats");
+    let m = &st["stats"]["mirror"];
+    assert!(m["overflow"].as_u64() > Some(0), "{st}");
+    assert_eq!(
+        m["overflow_checkpoints"], 1,
+        "asked once until a checkpoint: {st}"
+    );
+    assert_eq!(
+        m["mirrored"].as_u64().unwrap() + m["overflow"].as_u64().unwrap(),
+        400,
+        "{st}"
+    );
+    drop(peer);
+    assert!(primary.stop().success());
+}

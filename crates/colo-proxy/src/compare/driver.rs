@@ -9,17 +9,15 @@
 //!
 //! The clock is tokio's monotonic clock, as microseconds since the driver started.
 
-use std::future::Future;
-
 use colo_core::engine::{Engine, Mode, Output};
 use colo_core::{Instant, Side};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
-use crate::shell::control::{Command, Request, event_line};
-use crate::shell::driver::{Peers, Role, flush_queues};
-use crate::shell::outq::FrameOut;
+use crate::shell::control::{Command, event_line};
+use crate::shell::driver::{Peers, Role};
+use crate::shell::outq::{FrameOut, OutQueue};
 use crate::shell::{Clock, PeerChange};
 
 /// Everything the driver talks to.
@@ -74,6 +72,15 @@ impl Role for Driver {
     fn after_wake(&mut self) {
         self.drain();
     }
+
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
+        vec![(self.out.role, self.out.queue.clone())]
+    }
+
+    /// Like QEMU's colo-compare finalize: release what is still held.
+    fn on_stop(&mut self) {
+        self.engine.set_pass_through(true);
+    }
 }
 
 impl Driver {
@@ -85,32 +92,6 @@ impl Driver {
     pub(crate) fn event(&self, fields: Map<String, Value>, name: &str) {
         // No receivers is fine: nobody is listening on the control socket.
         let _ = self.events.send(event_line(name, fields));
-    }
-
-    /// Run until `shutdown` completes or every input task is gone.
-    pub async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Request>,
-        shutdown: impl Future<Output = &'static str>,
-    ) {
-        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
-        self.shutdown().await;
-    }
-
-    /// Like QEMU's colo-compare finalize: release what is still held, then give the
-    /// outdev a moment to take the queue.
-    pub(crate) async fn shutdown(&mut self) {
-        self.engine.set_pass_through(true);
-        self.drain();
-        flush_queues(&[&self.out.queue]).await;
-        let out = self.out.queue.stats();
-        tracing::info!(
-            written = out.written_frames,
-            unsent = out.queued_frames,
-            dropped = out.dropped_frames,
-            "stopped"
-        );
     }
 
     /// Carry out one event from the I/O tasks.

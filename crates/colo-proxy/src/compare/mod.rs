@@ -19,20 +19,18 @@ pub mod notify;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use colo_core::codec::DecoderConfig;
 use colo_core::engine::{Engine, EngineConfig};
 use colo_core::{Duration, Frame, Side};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::cli::CompareArgs;
 
 use self::driver::Driver;
+use crate::shell::control::ControlPlane;
 use crate::shell::driver::Peers;
-use crate::shell::endpoint::{Source, UnixServer};
+use crate::shell::endpoint::Source;
 use crate::shell::outq::{self, FrameOut, Framing, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::{Clock, PeerChange, input};
 
 /// What the I/O tasks tell the compare driver.
 #[derive(Debug)]
@@ -53,6 +51,20 @@ impl From<PeerChange> for Event {
     }
 }
 
+/// The engine configuration from colo-compare's options (milliseconds, frames).
+pub(crate) fn engine_config(
+    compare_timeout_ms: u64,
+    expired_scan_cycle_ms: u64,
+    max_queue_size: usize,
+) -> EngineConfig {
+    EngineConfig {
+        compare_timeout: Duration::from_millis(compare_timeout_ms),
+        expired_scan_cycle: Duration::from_millis(expired_scan_cycle_ms),
+        max_held_frames_per_conn: max_queue_size,
+        ..EngineConfig::default()
+    }
+}
+
 /// Run `colo-proxy compare` until SIGINT or SIGTERM.
 pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
@@ -60,19 +72,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
-    let config = EngineConfig {
-        compare_timeout: Duration::from_millis(args.compare_timeout),
-        expired_scan_cycle: Duration::from_millis(args.expired_scan_cycle),
-        max_held_frames_per_conn: args.max_queue_size,
-        ..EngineConfig::default()
-    };
-    let decoder = DecoderConfig {
-        vnet_hdr: args.vnet_hdr_support,
-        ..DecoderConfig::default()
-    };
+    let config = engine_config(
+        args.compare_timeout,
+        args.expired_scan_cycle,
+        args.max_queue_size,
+    );
+    let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let shutdown = crate::shell::shutdown_signal()?;
 
     // Bind everything first, so that address errors stop us before anything runs.
     let primary = Source::bind("primary_in", args.primary_in.clone()).await?;
@@ -82,14 +89,9 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         Some(ep) => Some(Source::bind("notify_dev", ep.clone()).await?),
         None => None,
     };
-    let control = match &args.control {
-        Some(path) => Some(UnixServer::bind(path).context("--control")?),
-        None => None,
-    };
+    let control = ControlPlane::bind(args.control.as_deref())?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let outq = OutQueue::new(usize::try_from(args.outdev_buffer).unwrap_or(usize::MAX));
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -105,10 +107,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         tasks.spawn(notify::run(src, rx, in_tx.clone()));
         tx
     });
-    if let Some(server) = control {
-        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
-    }
+    let (ctl_rx, events) = control.spawn(&mut tasks);
     drop(in_tx);
 
     tracing::info!(
@@ -135,13 +134,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         checkpoint_done_by: [0; 2],
         peers: Peers::default(),
     };
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        }
-    };
-    driver.run(in_rx, ctl_rx, shutdown).await;
+    crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     // Dropping the tasks closes the sockets and removes the Unix socket files.
     tasks.shutdown().await;
     Ok(())

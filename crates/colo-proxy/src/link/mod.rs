@@ -18,6 +18,7 @@ pub mod proto;
 use std::time::Duration;
 
 use bytes::Bytes;
+use colo_core::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
@@ -82,6 +83,40 @@ pub enum LinkEvent {
     Message(Message),
     /// A peer was refused or dropped for a protocol error (the reason).
     ProtocolError(String),
+}
+
+/// The `link-error` control event's fields for a refused or dropped peer.
+#[must_use]
+pub fn error_fields(why: String) -> serde_json::Map<String, serde_json::Value> {
+    let mut f = serde_json::Map::new();
+    f.insert("role".into(), ROLE.into());
+    f.insert("error".into(), why.into());
+    f
+}
+
+/// What the I/O tasks of `primary` and `secondary` tell their driver.
+#[derive(Debug)]
+pub enum RoleEvent {
+    /// A frame from the client port.
+    Client(Frame),
+    /// A frame from this host's VM port (`--pvm`, `--svm`).
+    Vm(Frame),
+    /// Something from the link.
+    Link(LinkEvent),
+    /// A peer came or went.
+    Peer(PeerChange),
+}
+
+impl From<PeerChange> for RoleEvent {
+    fn from(p: PeerChange) -> Self {
+        Self::Peer(p)
+    }
+}
+
+impl From<LinkEvent> for RoleEvent {
+    fn from(e: LinkEvent) -> Self {
+        Self::Link(e)
+    }
 }
 
 /// Keep the link up and carry messages both ways. Runs until the driver is gone.

@@ -2,7 +2,10 @@
 //! frames enter and leave, in both directions on one port.
 //!
 //! - `tap:IFNAME`: a TAP device (the `tun-tap` crate, no packet information),
-//!   created if missing (needs root), read and written through tokio's `AsyncFd`;
+//!   created if missing (needs root), read and written through tokio's `AsyncFd`.
+//!   The proxy only attaches to it: bringing it up, bridging it or moving it into a
+//!   namespace is the operator's (`ip link set IFNAME up`). Frames carry no vnet
+//!   header on a TAP device (nor on `dgram:`);
 //! - `stream:unix:PATH[,connect]`, `stream:tcp:HOST:PORT[,connect]`: QEMU's
 //!   `-netdev stream`/`socket` framing (be32 length + frame, with the vnet header
 //!   length field under `--vnet-hdr-support`), listening by default;
@@ -28,7 +31,7 @@ use tokio::sync::mpsc;
 use crate::shell::PeerChange;
 use crate::shell::endpoint::{Endpoint, Source};
 use crate::shell::input::read_frames;
-use crate::shell::outq::{Framing, OutQueue, send_queued, write_queued};
+use crate::shell::outq::{FrameOut, Framing, OutQueue, send_queued, write_queued};
 
 /// A port as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,16 @@ impl Port {
         }
     }
 
+    /// A byte-capped output queue for frames to this port, in its framing.
+    #[must_use]
+    pub fn output(&self, vnet_hdr: bool, cap: usize) -> FrameOut {
+        FrameOut {
+            queue: OutQueue::new(cap),
+            framing: self.framing(vnet_hdr),
+            role: self.role,
+        }
+    }
+
     /// Carry frames both ways until the driver is gone.
     pub async fn run<E, W>(
         self,
@@ -191,7 +204,7 @@ impl Port {
                 }
                 let max = decoder.max_frame_len;
                 tokio::select! {
-                    () = tap.recv_frames(role, max, &tx, &wrap) => {}
+                    () = tap.recv_frames(role, |packet| deliver_packet(packet, role, max, &tx, &wrap)) => {}
                     _ = send_queued(&queue, role, |b: Bytes| tap.send(b)) => {}
                 }
             }
@@ -220,13 +233,29 @@ async fn recv_datagrams<E, W>(
                 continue;
             }
         };
-        match frame_from_datagram(Bytes::copy_from_slice(&buf[..n]), max) {
-            Ok(frame) => {
-                if tx.send(wrap(frame)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(role, error = %e, "datagram skipped"),
+        if !deliver_packet(Bytes::copy_from_slice(&buf[..n]), role, max, tx, wrap).await {
+            return;
+        }
+    }
+}
+
+/// Hand one received packet (a datagram, a TAP read) to the driver as a frame. A bad
+/// one (empty, too long) is logged and skipped. `false` when the driver is gone.
+async fn deliver_packet<E, W>(
+    packet: Bytes,
+    role: &'static str,
+    max: usize,
+    tx: &mpsc::Sender<E>,
+    wrap: &W,
+) -> bool
+where
+    W: Fn(Frame) -> E,
+{
+    match frame_from_datagram(packet, max) {
+        Ok(frame) => tx.send(wrap(frame)).await.is_ok(),
+        Err(e) => {
+            tracing::warn!(role, error = %e, "packet skipped");
+            true
         }
     }
 }

@@ -3,10 +3,7 @@
 //! tokio's [`AsyncFd`]. One read is one frame, one write is one frame.
 
 use bytes::Bytes;
-use colo_core::Frame;
-use colo_core::codec::frame_from_datagram;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
 use tun_tap::{Iface, Mode};
 
 /// An open TAP device.
@@ -29,15 +26,12 @@ impl Tap {
         Ok(Self { fd })
     }
 
-    /// Receive frames until the driver is gone; bad reads are logged and skipped.
-    pub async fn recv_frames<E, W>(
-        &self,
-        role: &'static str,
-        max: usize,
-        tx: &mpsc::Sender<E>,
-        wrap: &W,
-    ) where
-        W: Fn(Frame) -> E,
+    /// Read packets and hand each to `deliver` until it says the driver is gone.
+    /// Failed reads are logged and skipped.
+    pub async fn recv_frames<D, F>(&self, role: &'static str, mut deliver: D)
+    where
+        D: FnMut(Bytes) -> F,
+        F: std::future::Future<Output = bool>,
     {
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -56,13 +50,8 @@ impl Tap {
                 }
                 Err(_would_block) => continue,
             };
-            match frame_from_datagram(Bytes::copy_from_slice(&buf[..n]), max) {
-                Ok(frame) => {
-                    if tx.send(wrap(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(role, error = %e, "TAP frame skipped"),
+            if !deliver(Bytes::copy_from_slice(&buf[..n])).await {
+                return;
             }
         }
     }

@@ -1,19 +1,15 @@
 //! The primary's driver: `compare`'s driver (engine, releases, checkpoint events,
 //! degraded mode) plus the client → primary VM path and the mirror to the link.
 
-use std::future::Future;
-
 use colo_core::{Frame, Instant, Side};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
-use super::Event;
 use crate::compare;
 use crate::link::proto::{self, Message};
-use crate::link::{self, LinkEvent};
+use crate::link::{self, LinkEvent, RoleEvent as Event};
 use crate::shell::Clock;
-use crate::shell::control::{Command, Request};
-use crate::shell::driver::{Role, flush_queues};
+use crate::shell::control::Command;
+use crate::shell::driver::Role;
 use crate::shell::outq::{FrameOut, OutQueue};
 
 /// Counters of the client → secondary mirror.
@@ -55,18 +51,6 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Run until `shutdown` completes or every I/O task is gone.
-    pub async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Request>,
-        shutdown: impl Future<Output = &'static str>,
-    ) {
-        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
-        flush_queues(&[&self.pvm.queue, &self.link]).await;
-        self.compare.shutdown().await;
-    }
-
     fn client_frame(&mut self, frame: Frame) {
         let now = self.compare.clock.now();
         self.mirror.client_frames += 1;
@@ -126,10 +110,7 @@ impl Driver {
             }
             LinkEvent::ProtocolError(why) => {
                 self.mirror.protocol_errors += 1;
-                let mut f = Map::new();
-                f.insert("role".into(), json!(link::ROLE));
-                f.insert("error".into(), json!(why));
-                self.compare.event(f, "link-error");
+                self.compare.event(link::error_fields(why), "link-error");
             }
         }
     }
@@ -153,7 +134,7 @@ impl Role for Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Client(frame) => self.client_frame(frame),
-            Event::Pvm(frame) => self
+            Event::Vm(frame) => self
                 .compare
                 .handle_event(compare::Event::Frame(Side::Primary, frame)),
             Event::Link(ev) => self.link_event(ev),
@@ -204,5 +185,16 @@ impl Role for Driver {
 
     fn after_wake(&mut self) {
         self.compare.drain();
+    }
+
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
+        let mut q = self.compare.output_queues();
+        q.push((self.pvm.role, self.pvm.queue.clone()));
+        q.push((link::ROLE, self.link.clone()));
+        q
+    }
+
+    fn on_stop(&mut self) {
+        self.compare.on_stop();
     }
 }

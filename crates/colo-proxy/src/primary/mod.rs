@@ -16,21 +16,19 @@ pub mod driver;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use colo_core::codec::DecoderConfig;
-use colo_core::engine::{Engine, EngineConfig};
-use colo_core::{Duration, Frame};
-use tokio::sync::{broadcast, mpsc};
+use colo_core::engine::Engine;
+use tokio::sync::mpsc;
 
 use self::driver::{Driver, MirrorStats};
 use crate::cli::{parse_control_path, parse_on_off, parse_size};
 use crate::link::proto::LinkRole;
-use crate::link::{self, LinkArgs, LinkEvent};
+use crate::link::{self, LinkArgs, RoleEvent};
 use crate::port::{Port, PortSpec};
+use crate::shell::control::ControlPlane;
 use crate::shell::driver::Peers;
-use crate::shell::endpoint::{Endpoint, Source, UnixServer};
-use crate::shell::outq::{FrameOut, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::endpoint::{Endpoint, Source};
+use crate::shell::outq::OutQueue;
+use crate::shell::{Clock, input};
 
 /// Options of `colo-proxy primary`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,31 +81,6 @@ pub struct PrimaryArgs {
     pub link_options: LinkArgs,
 }
 
-/// What the I/O tasks tell the primary's driver.
-#[derive(Debug)]
-pub enum Event {
-    /// A frame from the client port.
-    Client(Frame),
-    /// A frame from the primary VM.
-    Pvm(Frame),
-    /// Something from the link.
-    Link(LinkEvent),
-    /// A peer came or went.
-    Peer(PeerChange),
-}
-
-impl From<PeerChange> for Event {
-    fn from(p: PeerChange) -> Self {
-        Self::Peer(p)
-    }
-}
-
-impl From<LinkEvent> for Event {
-    fn from(e: LinkEvent) -> Self {
-        Self::Link(e)
-    }
-}
-
 /// Run `colo-proxy primary` until SIGINT or SIGTERM.
 pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
     if args.client == args.pvm {
@@ -120,41 +93,24 @@ pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
-    let config = EngineConfig {
-        compare_timeout: Duration::from_millis(args.compare_timeout),
-        expired_scan_cycle: Duration::from_millis(args.expired_scan_cycle),
-        max_held_frames_per_conn: args.max_queue_size,
-        ..EngineConfig::default()
-    };
-    let decoder = DecoderConfig {
-        vnet_hdr: args.vnet_hdr_support,
-        ..DecoderConfig::default()
-    };
+    let config = crate::compare::engine_config(
+        args.compare_timeout,
+        args.expired_scan_cycle,
+        args.max_queue_size,
+    );
+    let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
     let shutdown = crate::shell::shutdown_signal()?;
 
     // Open everything first, so that address errors stop us before anything runs.
     let client = Port::bind("client", &args.client).await?;
     let pvm = Port::bind("pvm", &args.pvm).await?;
     let link_src = Source::bind(link::ROLE, args.link.clone()).await?;
-    let control = match &args.control {
-        Some(path) => Some(UnixServer::bind(path).context("--control")?),
-        None => None,
-    };
+    let control = ControlPlane::bind(args.control.as_deref())?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
-    let client_out = FrameOut {
-        queue: OutQueue::new(cap),
-        framing: client.framing(args.vnet_hdr_support),
-        role: "client",
-    };
-    let pvm_out = FrameOut {
-        queue: OutQueue::new(cap),
-        framing: pvm.framing(args.vnet_hdr_support),
-        role: "pvm",
-    };
+    let client_out = client.output(args.vnet_hdr_support, cap);
+    let pvm_out = pvm.output(args.vnet_hdr_support, cap);
     let link_q = OutQueue::new(cap);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -162,9 +118,9 @@ async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
         decoder,
         client_out.queue.clone(),
         in_tx.clone(),
-        Event::Client,
+        RoleEvent::Client,
     ));
-    tasks.spawn(pvm.run(decoder, pvm_out.queue.clone(), in_tx.clone(), Event::Pvm));
+    tasks.spawn(pvm.run(decoder, pvm_out.queue.clone(), in_tx.clone(), RoleEvent::Vm));
     let link_config = args.link_options.config(LinkRole::Primary);
     tasks.spawn(link::run(
         link_src,
@@ -172,10 +128,7 @@ async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
         link_q.clone(),
         in_tx.clone(),
     ));
-    if let Some(server) = control {
-        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
-    }
+    let (ctl_rx, events) = control.spawn(&mut tasks);
     drop(in_tx);
 
     tracing::info!(
@@ -203,7 +156,7 @@ async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
         link_up: false,
         mirror: MirrorStats::default(),
     };
-    driver.run(in_rx, ctl_rx, shutdown).await;
+    crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     // Dropping the tasks closes the sockets and removes the Unix socket files.
     tasks.shutdown().await;
     Ok(())

@@ -8,18 +8,16 @@
 //! ISN) and has now released are drained from [`Rewriter::poll_to_secondary`] and
 //! queued towards the secondary, ahead of the newer frame.
 
-use std::future::Future;
-
 use bytes::BytesMut;
 use colo_core::Frame;
 use colo_core::codec::encode_frame;
 use colo_core::rewrite::{Direction, Rewriter, Verdict};
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::Event;
-use crate::shell::control::{Command, Request, event_line};
-use crate::shell::driver::{Peers, Role, flush_queues};
+use crate::shell::control::{Command, event_line};
+use crate::shell::driver::{Peers, Role};
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
 
@@ -68,28 +66,19 @@ impl Role for Driver {
     fn after_wake(&mut self) {
         self.drain_released();
     }
+
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
+        vec![
+            ("to_secondary_out", self.to_secondary.clone()),
+            ("from_secondary_out", self.from_secondary.clone()),
+        ]
+    }
 }
 
 impl Driver {
     fn event(&self, fields: Map<String, Value>, name: &str) {
         // No receivers is fine: nobody is listening on the control socket.
         let _ = self.events.send(event_line(name, fields));
-    }
-
-    /// Run until `shutdown` completes or every I/O task is gone.
-    pub async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Request>,
-        shutdown: impl Future<Output = &'static str>,
-    ) {
-        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
-        flush_queues(&[&self.to_secondary, &self.from_secondary]).await;
-        tracing::info!(
-            to_secondary_written = self.to_secondary.stats().written_frames,
-            from_secondary_written = self.from_secondary.stats().written_frames,
-            "stopped"
-        );
     }
 
     fn handle_event(&mut self, ev: Event) {

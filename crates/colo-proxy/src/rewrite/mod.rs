@@ -15,18 +15,16 @@ pub mod driver;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use colo_core::Frame;
-use colo_core::codec::DecoderConfig;
 use colo_core::rewrite::{Direction, RewriteConfig, Rewriter};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use self::driver::Driver;
 use crate::cli::RewriteArgs;
-use crate::shell::endpoint::{Source, UnixServer};
+use crate::shell::control::ControlPlane;
+use crate::shell::endpoint::Source;
 use crate::shell::outq::{self, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::{Clock, PeerChange, input};
 
 /// What the I/O tasks tell the rewrite driver.
 #[derive(Debug)]
@@ -50,26 +48,17 @@ pub fn run(args: &RewriteArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
-    let decoder = DecoderConfig {
-        vnet_hdr: args.vnet_hdr_support,
-        ..DecoderConfig::default()
-    };
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
+    let shutdown = crate::shell::shutdown_signal()?;
 
     // Bind everything first, so that address errors stop us before anything runs.
     let to_in = Source::bind("to_secondary_in", args.to_secondary_in.clone()).await?;
     let to_out = Source::bind("to_secondary_out", args.to_secondary_out.clone()).await?;
     let from_in = Source::bind("from_secondary_in", args.from_secondary_in.clone()).await?;
     let from_out = Source::bind("from_secondary_out", args.from_secondary_out.clone()).await?;
-    let control = match &args.control {
-        Some(path) => Some(UnixServer::bind(path).context("--control")?),
-        None => None,
-    };
+    let control = ControlPlane::bind(args.control.as_deref())?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
     let to_q = OutQueue::new(cap);
     let from_q = OutQueue::new(cap);
@@ -83,10 +72,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
     }));
     tasks.spawn(outq::run(to_out, to_q.clone(), in_tx.clone()));
     tasks.spawn(outq::run(from_out, from_q.clone(), in_tx.clone()));
-    if let Some(server) = control {
-        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
-    }
+    let (ctl_rx, events) = control.spawn(&mut tasks);
     drop(in_tx);
 
     tracing::info!(
@@ -102,13 +88,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
         clock: Clock::new(),
         peers: crate::shell::driver::Peers::default(),
     };
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        }
-    };
-    driver.run(in_rx, ctl_rx, shutdown).await;
+    crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     tasks.shutdown().await;
     Ok(())
 }

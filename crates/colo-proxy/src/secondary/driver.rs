@@ -2,20 +2,18 @@
 //! between the link, the secondary VM and (after failover) the client, and carries
 //! out checkpoint-done and failover.
 
-use std::future::Future;
 use std::net::IpAddr;
 
 use colo_core::announce::{VmAddresses, tcp_dup_ack};
 use colo_core::rewrite::{Direction, Rewriter, Verdict};
 use colo_core::{Frame, Instant};
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use super::Event;
 use crate::link::proto::{self, Message};
-use crate::link::{self, LinkEvent};
-use crate::shell::control::{Command, Request, event_line};
-use crate::shell::driver::{Peers, Role, flush_queues};
+use crate::link::{self, LinkEvent, RoleEvent as Event};
+use crate::shell::control::{Command, event_line};
+use crate::shell::driver::{Peers, Role};
 use crate::shell::outq::{FrameOut, OutQueue};
 use crate::shell::{Clock, PeerChange};
 
@@ -91,26 +89,6 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Run until `shutdown` completes or every I/O task is gone.
-    pub async fn run(
-        mut self,
-        mut inputs: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Request>,
-        shutdown: impl Future<Output = &'static str>,
-    ) {
-        crate::shell::driver::run(&mut self, &mut inputs, &mut control, shutdown).await;
-        let mut queues = vec![&self.svm.queue, &self.link];
-        if let Some(c) = &self.client {
-            queues.push(&c.queue);
-        }
-        flush_queues(&queues).await;
-        tracing::info!(
-            svm_written = self.svm.queue.stats().written_frames,
-            link_written = self.link.stats().written_frames,
-            "stopped"
-        );
-    }
-
     fn event(&self, fields: Map<String, Value>, name: &str) {
         let _ = self.events.send(event_line(name, fields));
     }
@@ -206,10 +184,7 @@ impl Driver {
             }
             LinkEvent::ProtocolError(why) => {
                 self.counters.protocol_errors += 1;
-                let mut f = Map::new();
-                f.insert("role".into(), json!(link::ROLE));
-                f.insert("error".into(), json!(why));
-                self.event(f, "link-error");
+                self.event(link::error_fields(why), "link-error");
             }
         }
     }
@@ -342,7 +317,7 @@ impl Role for Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Svm(frame) => self.svm_frame(frame),
+            Event::Vm(frame) => self.svm_frame(frame),
             Event::Client(frame) => {
                 if self.failed_over {
                     self.counters.client_in[0] += 1;
@@ -383,5 +358,16 @@ impl Role for Driver {
 
     fn after_wake(&mut self) {
         self.drain_released();
+    }
+
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
+        let mut q = vec![
+            (self.svm.role, self.svm.queue.clone()),
+            (link::ROLE, self.link.clone()),
+        ];
+        if let Some(c) = &self.client {
+            q.push((c.role, c.queue.clone()));
+        }
+        q
     }
 }

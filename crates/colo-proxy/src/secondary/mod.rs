@@ -17,22 +17,20 @@ pub mod driver;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use colo_core::Frame;
 use colo_core::announce::VmAddresses;
-use colo_core::codec::DecoderConfig;
 use colo_core::rewrite::{RewriteConfig, Rewriter};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use self::driver::{Counters, Driver};
 use crate::cli::{parse_control_path, parse_on_off, parse_size};
 use crate::link::proto::LinkRole;
-use crate::link::{self, LinkArgs, LinkEvent};
+use crate::link::{self, LinkArgs, RoleEvent};
 use crate::port::{Port, PortSpec};
+use crate::shell::control::ControlPlane;
 use crate::shell::driver::Peers;
-use crate::shell::endpoint::{Endpoint, Source, UnixServer};
-use crate::shell::outq::{FrameOut, OutQueue};
-use crate::shell::{Clock, PeerChange, control, input};
+use crate::shell::endpoint::{Endpoint, Source};
+use crate::shell::outq::OutQueue;
+use crate::shell::{Clock, input};
 
 /// Options of `colo-proxy secondary`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,31 +79,6 @@ pub struct SecondaryArgs {
     pub link_options: LinkArgs,
 }
 
-/// What the I/O tasks tell the secondary's driver.
-#[derive(Debug)]
-pub enum Event {
-    /// A frame from the client port (used after failover only).
-    Client(Frame),
-    /// A frame from the secondary VM.
-    Svm(Frame),
-    /// Something from the link.
-    Link(LinkEvent),
-    /// A peer came or went.
-    Peer(PeerChange),
-}
-
-impl From<PeerChange> for Event {
-    fn from(p: PeerChange) -> Self {
-        Self::Peer(p)
-    }
-}
-
-impl From<LinkEvent> for Event {
-    fn from(e: LinkEvent) -> Self {
-        Self::Link(e)
-    }
-}
-
 /// Run `colo-proxy secondary` until SIGINT or SIGTERM.
 pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
     if args.client.as_ref() == Some(&args.svm) {
@@ -118,10 +91,7 @@ pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
-    let decoder = DecoderConfig {
-        vnet_hdr: args.vnet_hdr_support,
-        ..DecoderConfig::default()
-    };
+    let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
     let shutdown = crate::shell::shutdown_signal()?;
 
     let svm = Port::bind("svm", &args.svm).await?;
@@ -130,31 +100,18 @@ async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
         None => None,
     };
     let link_src = Source::bind(link::ROLE, args.link.clone()).await?;
-    let control = match &args.control {
-        Some(path) => Some(UnixServer::bind(path).context("--control")?),
-        None => None,
-    };
+    let control = ControlPlane::bind(args.control.as_deref())?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_FRAMES);
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let (events, _) = broadcast::channel(control::EVENT_BACKLOG);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
-    let svm_out = FrameOut {
-        queue: OutQueue::new(cap),
-        framing: svm.framing(args.vnet_hdr_support),
-        role: "svm",
-    };
+    let svm_out = svm.output(args.vnet_hdr_support, cap);
     let link_q = OutQueue::new(cap);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(svm.run(decoder, svm_out.queue.clone(), in_tx.clone(), Event::Svm));
+    tasks.spawn(svm.run(decoder, svm_out.queue.clone(), in_tx.clone(), RoleEvent::Vm));
     let client_out = client.map(|port| {
-        let out = FrameOut {
-            queue: OutQueue::new(cap),
-            framing: port.framing(args.vnet_hdr_support),
-            role: "client",
-        };
-        tasks.spawn(port.run(decoder, out.queue.clone(), in_tx.clone(), Event::Client));
+        let out = port.output(args.vnet_hdr_support, cap);
+        tasks.spawn(port.run(decoder, out.queue.clone(), in_tx.clone(), RoleEvent::Client));
         out
     });
     let link_config = args.link_options.config(LinkRole::Secondary);
@@ -164,10 +121,7 @@ async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
         link_q.clone(),
         in_tx.clone(),
     ));
-    if let Some(server) = control {
-        tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
-        tasks.spawn(control::serve(server, ctl_tx, events.clone()));
-    }
+    let (ctl_rx, events) = control.spawn(&mut tasks);
     drop(in_tx);
 
     tracing::info!(svm = %args.svm, link = %args.link, "secondary proxy running");
@@ -186,7 +140,7 @@ async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
         last_done: None,
         counters: Counters::default(),
     };
-    driver.run(in_rx, ctl_rx, shutdown).await;
+    crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     tasks.shutdown().await;
     Ok(())
 }

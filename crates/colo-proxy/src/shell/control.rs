@@ -114,6 +114,52 @@ fn reply_line(
     Value::Object(obj).to_string()
 }
 
+/// A role's control socket (when one was asked for) and the channels between its
+/// clients and the driver.
+#[derive(Debug)]
+pub struct ControlPlane {
+    server: Option<(UnixServer, String)>,
+    requests_tx: mpsc::Sender<Request>,
+    /// Commands for the driver.
+    pub requests: mpsc::Receiver<Request>,
+    /// Events for control clients: the driver sends, every client gets a copy.
+    pub events: broadcast::Sender<String>,
+}
+
+impl ControlPlane {
+    /// Bind `--control` (if given) so that a bad path stops the role before it runs.
+    pub fn bind(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let server = match path {
+            Some(p) => Some((
+                UnixServer::bind(p).context("--control")?,
+                p.display().to_string(),
+            )),
+            None => None,
+        };
+        let (requests_tx, requests) = mpsc::channel(16);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        Ok(Self {
+            server,
+            requests_tx,
+            requests,
+            events,
+        })
+    }
+
+    /// Start serving clients (if there is a socket); returns the driver's ends.
+    pub fn spawn(
+        self,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> (mpsc::Receiver<Request>, broadcast::Sender<String>) {
+        if let Some((server, path)) = self.server {
+            tracing::info!(path, "control socket listening");
+            tasks.spawn(serve(server, self.requests_tx, self.events.clone()));
+        }
+        (self.requests, self.events)
+    }
+}
+
 /// Accept control clients forever.
 pub async fn serve(
     server: UnixServer,

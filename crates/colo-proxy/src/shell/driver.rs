@@ -29,13 +29,18 @@ pub trait Role {
     fn on_command(&mut self, command: Command) -> Result<Map<String, Value>, String>;
     /// After every wake-up: carry out what the state machine asked for.
     fn after_wake(&mut self);
+    /// The role's output queues, by name, given a moment to drain at shutdown.
+    fn output_queues(&self) -> Vec<(&'static str, OutQueue)>;
+    /// Shutting down, before the outputs are flushed.
+    fn on_stop(&mut self) {}
 }
 
-/// Run `role` until `shutdown` completes or every I/O task is gone.
+/// Run `role` until `shutdown` completes or every I/O task is gone, then give its
+/// outputs a moment (one second at most) to take what is queued.
 pub async fn run<R: Role>(
-    role: &mut R,
-    inputs: &mut mpsc::Receiver<R::Event>,
-    control: &mut mpsc::Receiver<Request>,
+    mut role: R,
+    mut inputs: mpsc::Receiver<R::Event>,
+    mut control: mpsc::Receiver<Request>,
     shutdown: impl Future<Output = &'static str>,
 ) {
     tokio::pin!(shutdown);
@@ -71,13 +76,22 @@ pub async fn run<R: Role>(
         }
         role.after_wake();
     }
-}
-
-/// Give output queues up to a second to be written out (at shutdown).
-pub async fn flush_queues(queues: &[&OutQueue]) {
+    role.on_stop();
+    role.after_wake();
+    let queues = role.output_queues();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-    while !queues.iter().all(|q| q.is_empty()) && tokio::time::Instant::now() < deadline {
+    while !queues.iter().all(|(_, q)| q.is_empty()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for (output, q) in &queues {
+        let s = q.stats();
+        tracing::info!(
+            output,
+            written = s.written_frames,
+            unsent = s.queued_frames,
+            dropped = s.dropped_frames,
+            "stopped"
+        );
     }
 }
 

@@ -1,11 +1,12 @@
-//! Pieces shared by the daemon roles (`compare`, `rewrite`): transport endpoints,
-//! QEMU-framed readers, byte-capped output queues that survive reconnects, and the
-//! JSON-lines control socket.
+//! Pieces shared by the daemon roles (`compare`, `rewrite`, `primary`,
+//! `secondary`): transport endpoints, QEMU-framed readers, byte-capped output queues
+//! that survive reconnects, the JSON-lines control socket and the driver loop.
 //!
 //! - [`endpoint`]: `unix:PATH` / `tcp:HOST:PORT` endpoints, listening or `,connect`;
 //! - [`input`]: a reader task per input endpoint (QEMU framing, [`colo_core::codec`]);
 //! - [`outq`]: a bounded queue of encoded frames and the task writing it to a peer;
-//! - [`control`]: the control socket (`docs/control-protocol.md`).
+//! - [`control`]: the control socket (`docs/control-protocol.md`);
+//! - [`driver`]: the select loop every role's driver runs ([`driver::Role`]).
 //!
 //! The I/O tasks only frame bytes; each role's driver task owns its sans-IO state
 //! machine and receives everything over one channel of its own event type, which
@@ -72,6 +73,15 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// QEMU stream framing, with the vnet header length field when `vnet_hdr`.
+#[must_use]
+pub(crate) fn decoder_config(vnet_hdr: bool) -> colo_core::codec::DecoderConfig {
+    colo_core::codec::DecoderConfig {
+        vnet_hdr,
+        ..colo_core::codec::DecoderConfig::default()
     }
 }
 
