@@ -175,6 +175,22 @@ fn assert_all_compared(lab: &mut TwinLab) {
     );
 }
 
+/// Poll `stats` of `vm` until `pred` holds (at most 5 s); returns the last stats.
+fn wait_stats(lab: &mut TwinLab, vm: Vm, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = stats(lab, vm);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm:?} stats never got there: {s}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn stats(lab: &mut TwinLab, vm: Vm) -> Value {
     let reply = lab
         .control(vm)
@@ -482,6 +498,9 @@ fn nondeterministic_reply_requests_checkpoint() {
         .expect("checkpoint-done reply");
     assert_eq!(done["ok"], true, "{done}");
     let nondet = finish(&lab, nondet, Duration::from_secs(30));
+    // The primary forwards it over the link; the secondary resets its rewriter once.
+    let s = wait_stats(&mut lab, Vm::Secondary, |s| s["checkpoints"]["link"] == 1);
+    assert_eq!(s["epoch"], 1, "{s}");
     let flow = client_flow(&nondet, server);
     assert_eq!(event["reason"], "payload", "{event}");
     assert_eq!(event["flow"], flow.to_string(), "{event}");
@@ -675,6 +694,15 @@ fn primary_cut_failover(v6: bool) {
     );
     let bulk = finish(&lab, bulk, Duration::from_secs(120));
     assert_bulk(&bulk, BULK, "download across the failover");
+    let s = stats(&mut lab, Vm::Secondary);
+    assert_eq!(s["failover"], true, "{s}");
+    assert!(
+        s["frames_in"]["client_port"]["frames"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the client's frames did not reach the secondary's client port: {s}"
+    );
     // The secondary now serves new connections too.
     let echo = client(
         &lab,
