@@ -25,6 +25,7 @@ const BULK_PORT: u16 = 7000;
 const ECHO_PORT: u16 = 7001;
 const NONDET_CLOSE_PORT: u16 = 7004;
 const UDP_PORT: u16 = 7005;
+const UDP_NONDET_PORT: u16 = 7006;
 /// Servers in the client namespace, for connections the VMs open.
 const OUT_ECHO_PORT: u16 = 8000;
 const OUT_BULK_PORT: u16 = 8001;
@@ -60,6 +61,7 @@ fn start_services(lab: &mut TwinLab) {
         format!("echo:{ECHO_PORT}"),
         format!("nondet-close:{NONDET_CLOSE_PORT}"),
         format!("udp-echo:{UDP_PORT}"),
+        format!("udp-nondet:{UDP_NONDET_PORT}"),
     ];
     lab.start_service(TESTSRV.as_ref(), &args)
         .expect("starting the service in both VMs");
@@ -567,6 +569,69 @@ fn nondeterministic_reply_requests_checkpoint() {
         "deterministic traffic after the checkpoint asked for another: {}",
         Value::from(after)
     );
+}
+
+/// The same over UDP and IPv6: a datagram reply with the VM's clock in it. The
+/// primary asks for a checkpoint with reason `datagram` on that flow; the client
+/// gets the primary's datagram.
+#[test]
+fn nondeterministic_udp_reply_requests_checkpoint() {
+    let Some(mut lab) = lab_or_skip(&config()) else {
+        return;
+    };
+    start_services(&mut lab);
+    let server = vm_addr(true, UDP_NONDET_PORT);
+    let once = client(
+        &lab,
+        &["udp-once".into(), server.to_string(), "what time".into()],
+        "udp-once",
+    );
+    let event = lab
+        .control(Vm::Primary)
+        .wait_event_named("checkpoint-requested", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
+    let done = lab
+        .control(Vm::Primary)
+        .command("checkpoint-done", Duration::from_secs(5))
+        .expect("checkpoint-done reply");
+    assert_eq!(done["ok"], true, "{done}");
+    let once = finish(&lab, once, Duration::from_secs(30));
+    let local: SocketAddr = once
+        .stderr_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("local=")?.parse().ok())
+        .expect("the client printed its local address");
+    let flow = FlowKey::new(
+        [0, 0],
+        FlowProto::Udp,
+        Endpoint::new(local.ip(), local.port()),
+        Endpoint::new(server.ip(), server.port()),
+    )
+    .0;
+    assert_eq!(event["reason"], "datagram", "{event}");
+    assert_eq!(event["flow"], flow.to_string(), "{event}");
+    let primary_sent: Vec<String> = lab
+        .service_lines(Vm::Primary)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("sent ").map(str::to_owned))
+        .collect();
+    assert_eq!(primary_sent.len(), 1, "{primary_sent:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&once.stdout),
+        format!("{}\n", primary_sent[0]),
+        "the client got the primary's datagram"
+    );
+    thread::sleep(EVENT_GRACE);
+    for e in lab
+        .control(Vm::Primary)
+        .events_named("checkpoint-requested")
+    {
+        assert_eq!(
+            e["flow"],
+            flow.to_string(),
+            "a request for another flow: {e}"
+        );
+    }
 }
 
 /// Start a download, wait until the client has `at_least` bytes.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! colo-testsrv serve [--lifetime SECS] MODE:PORT...
-//!     MODE = bulk | bulk-close | echo | nondet | nondet-close | udp-echo
+//!     MODE = bulk | bulk-close | echo | nondet | nondet-close | udp-echo | udp-nondet
 //! colo-testsrv client [--bind-port PORT] bulk ADDR:PORT BYTES     prints the bytes received
 //! colo-testsrv client [--bind-port PORT] echo ADDR:PORT CONN COUNT prints the replies received
 //! colo-testsrv client echo-many ADDR:PORT CONNS COUNT   CONNS concurrent echo connections
@@ -11,6 +11,7 @@
 //!                                                       replies, connection after connection
 //! colo-testsrv client nondet ADDR:PORT LINE             one request, reads until the server closes
 //! colo-testsrv client udp-echo ADDR:PORT COUNT          COUNT datagrams, one at a time; prints the replies
+//! colo-testsrv client udp-once ADDR:PORT LINE            one datagram, waits up to 30 s for one reply
 //! colo-testsrv client rtt ADDR:PORT COUNT               COUNT echo round trips on one connection;
 //!                                                       prints `rtt_us <p50> <p90> <p99> <max>`
 //! ```
@@ -64,6 +65,8 @@ enum Mode {
     /// Answer one request with the time in it, then close.
     NondetClose,
     UdpEcho,
+    /// Answer every datagram with the time in it.
+    UdpNondet,
 }
 
 fn usage() -> ExitCode {
@@ -74,7 +77,8 @@ fn usage() -> ExitCode {
          colo-testsrv client echo-many ADDR:PORT CONNS COUNT\n       \
          colo-testsrv client nondet ADDR:PORT LINE\n       \
          colo-testsrv client udp-echo ADDR:PORT COUNT\n       \
-         colo-testsrv client rtt ADDR:PORT COUNT"
+         colo-testsrv client rtt ADDR:PORT COUNT\n       \
+         colo-testsrv client udp-once ADDR:PORT LINE"
     );
     ExitCode::from(2)
 }
@@ -110,6 +114,10 @@ fn main() -> ExitCode {
         }
         ["client", "nondet", addr, line] => match addr.parse() {
             Ok(addr) => client_nondet(addr, line),
+            Err(_) => return usage(),
+        },
+        ["client", "udp-once", addr, line] => match addr.parse() {
+            Ok(addr) => client_udp_once(addr, line),
             Err(_) => return usage(),
         },
         ["client", "rtt", addr, count] => match (addr.parse(), count.parse()) {
@@ -166,13 +174,14 @@ fn serve(args: &[&str]) -> io::Result<()> {
             "nondet" => Mode::Nondet,
             "nondet-close" => Mode::NondetClose,
             "udp-echo" => Mode::UdpEcho,
+            "udp-nondet" => Mode::UdpNondet,
             other => return Err(io::Error::other(format!("unknown mode {other:?}"))),
         };
         let port: u16 = port
             .parse()
             .map_err(|_| io::Error::other(format!("bad port in {arg:?}")))?;
-        if matches!(mode, Mode::UdpEcho) {
-            udp.push(bind_udp(port)?);
+        if matches!(mode, Mode::UdpEcho | Mode::UdpNondet) {
+            udp.push((mode, bind_udp(port)?));
         } else {
             listeners.push((mode, bind_tcp(port)?));
         }
@@ -200,9 +209,9 @@ fn serve(args: &[&str]) -> io::Result<()> {
             }
         });
     }
-    for socket in udp {
+    for (mode, socket) in udp {
         thread::spawn(move || {
-            if let Err(e) = udp_echo(&socket) {
+            if let Err(e) = udp_echo(&socket, matches!(mode, Mode::UdpNondet)) {
                 eprintln!("colo-testsrv: udp-echo: {e}");
             }
         });
@@ -230,15 +239,23 @@ const fn mode_name(mode: Mode) -> &'static str {
         Mode::Nondet => "nondet",
         Mode::NondetClose => "nondet-close",
         Mode::UdpEcho => "udp-echo",
+        Mode::UdpNondet => "udp-nondet",
     }
 }
 
-fn udp_echo(socket: &UdpSocket) -> io::Result<()> {
+fn udp_echo(socket: &UdpSocket, nondet: bool) -> io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, peer) = socket.recv_from(&mut buf)?;
         let line = String::from_utf8_lossy(&buf[..n]);
-        let reply = proto::echo_reply(line.trim_end_matches('\n'));
+        let line = line.trim_end_matches('\n');
+        let reply = if nondet {
+            let reply = proto::nondet_reply(line, now_nanos());
+            say(&format!("sent {}", reply.trim_end()));
+            reply
+        } else {
+            proto::echo_reply(line)
+        };
         socket.send_to(reply.as_bytes(), peer)?;
     }
 }
@@ -301,7 +318,7 @@ fn handle(mode: Mode, stream: TcpStream) -> io::Result<()> {
             let mut rest = Vec::new();
             reader.read_to_end(&mut rest)?;
         }
-        Mode::UdpEcho => unreachable!("UDP is not served by TCP listeners"),
+        Mode::UdpEcho | Mode::UdpNondet => unreachable!("UDP is not served by TCP listeners"),
     }
     Ok(())
 }
@@ -516,4 +533,22 @@ fn client_rtt(addr: SocketAddr, count: u32) -> io::Result<()> {
         samples.last().copied().unwrap_or(0)
     );
     Ok(())
+}
+
+fn client_udp_once(addr: SocketAddr, line: &str) -> io::Result<()> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    eprintln!("local={}", socket.local_addr()?);
+    socket.send(format!("{line}\n").as_bytes())?;
+    let mut buf = vec![0u8; 65536];
+    let n = socket.recv(&mut buf)?;
+    let mut out = io::stdout().lock();
+    out.write_all(&buf[..n])?;
+    out.flush()
 }
