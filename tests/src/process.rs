@@ -141,6 +141,47 @@ impl CommandOutput {
     }
 }
 
+/// Wait for `child` to exit, at most `timeout`; then kill and reap it and return
+/// `None`.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The output of a command that exited, or the error for one that had to be killed.
+fn finished(
+    label: &str,
+    timeout: Duration,
+    status: Option<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+) -> io::Result<CommandOutput> {
+    match status {
+        Some(status) => Ok(CommandOutput {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{label} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        )),
+    }
+}
+
 /// A running command whose stdout and stderr are being collected.
 #[derive(Debug)]
 pub struct PendingOutput {
@@ -190,18 +231,7 @@ impl PendingOutput {
             .child
             .take()
             .ok_or_else(|| io::Error::other("already waited"))?;
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_or_kill(&mut child, timeout)?;
         let stdout = self
             .stdout
             .take()
@@ -212,21 +242,7 @@ impl PendingOutput {
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
-        match status {
-            Some(status) => Ok(CommandOutput {
-                status,
-                stdout,
-                stderr,
-            }),
-            None => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{} did not finish within {timeout:?}; stderr: {}",
-                    self.label,
-                    String::from_utf8_lossy(&stderr).trim()
-                ),
-            )),
-        }
+        finished(&self.label, timeout, status, stdout, stderr)
     }
 }
 
@@ -347,18 +363,7 @@ impl WatchedOutput {
             .child
             .take()
             .ok_or_else(|| io::Error::other("already waited"))?;
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_or_kill(&mut child, timeout)?;
         let stdout = self
             .stdout
             .take()
@@ -368,21 +373,7 @@ impl WatchedOutput {
             let _ = h.join();
         }
         let stderr = self.stderr_lines().join("\n").into_bytes();
-        match status {
-            Some(status) => Ok(CommandOutput {
-                status,
-                stdout,
-                stderr,
-            }),
-            None => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{} did not finish within {timeout:?}; stderr: {}",
-                    self.label,
-                    String::from_utf8_lossy(&stderr).trim()
-                ),
-            )),
-        }
+        finished(&self.label, timeout, status, stdout, stderr)
     }
 }
 

@@ -348,41 +348,35 @@ impl TwinLab {
         let p_ctl = self.dir.path().join("primary.ctl");
         let s_ctl = self.dir.path().join("secondary.ctl");
 
-        let mut cmd = Command::new(&bin);
-        cmd.env("RUST_LOG", &config.log_filter)
-            .arg("secondary")
-            .arg("--svm")
-            .arg(format!("tap:{s_vm}"))
-            .arg("--client")
-            .arg(format!("tap:{s_client}"))
-            .arg("--link")
-            .arg(format!("tcp:127.0.0.1:{link_port}"))
-            .arg("--control")
-            .arg(format!("unix:{}", s_ctl.display()))
-            .args(&config.secondary_args);
-        self.secondary = Some(ProxyProcess::spawn(
-            &mut cmd,
-            "colo-proxy secondary",
-            &self.dir.path().join("secondary.log"),
+        let secondary_args = [
+            "--svm".to_owned(),
+            format!("tap:{s_vm}"),
+            "--client".into(),
+            format!("tap:{s_client}"),
+            "--link".into(),
+            format!("tcp:127.0.0.1:{link_port}"),
+            "--control".into(),
+            format!("unix:{}", s_ctl.display()),
+        ];
+        self.secondary = Some(self.spawn_proxy(
+            &bin,
+            config,
+            "secondary",
+            &secondary_args,
+            &config.secondary_args,
         )?);
-
-        let mut cmd = Command::new(&bin);
-        cmd.env("RUST_LOG", &config.log_filter)
-            .arg("primary")
-            .arg("--client")
-            .arg(format!("tap:{p_client}"))
-            .arg("--pvm")
-            .arg(format!("tap:{p_vm}"))
-            .arg("--link")
-            .arg(format!("tcp:127.0.0.1:{link_port},connect"))
-            .arg("--control")
-            .arg(format!("unix:{}", p_ctl.display()))
-            .args(&config.primary_args);
-        self.primary = Some(ProxyProcess::spawn(
-            &mut cmd,
-            "colo-proxy primary",
-            &self.dir.path().join("primary.log"),
-        )?);
+        let primary_args = [
+            "--client".to_owned(),
+            format!("tap:{p_client}"),
+            "--pvm".into(),
+            format!("tap:{p_vm}"),
+            "--link".into(),
+            format!("tcp:127.0.0.1:{link_port},connect"),
+            "--control".into(),
+            format!("unix:{}", p_ctl.display()),
+        ];
+        self.primary =
+            Some(self.spawn_proxy(&bin, config, "primary", &primary_args, &config.primary_args)?);
 
         for (dev, vm) in [
             (&s_vm, Vm::Secondary),
@@ -405,6 +399,27 @@ impl TwinLab {
         configure_vm_nic(&p_vm, &self.pvm)?;
         configure_vm_nic(&s_vm, &self.svm)?;
         Ok(())
+    }
+
+    /// Start `colo-proxy <role> args... extra...`, logging to `<role>.log`.
+    fn spawn_proxy(
+        &self,
+        bin: &Path,
+        config: &TwinConfig,
+        role: &str,
+        args: &[String],
+        extra: &[String],
+    ) -> io::Result<ProxyProcess> {
+        let mut cmd = Command::new(bin);
+        cmd.env("RUST_LOG", &config.log_filter)
+            .arg(role)
+            .args(args)
+            .args(extra);
+        ProxyProcess::spawn(
+            &mut cmd,
+            &format!("colo-proxy {role}"),
+            &self.dir.path().join(format!("{role}.log")),
+        )
     }
 
     fn connect_control(&self, path: &Path, vm: Vm) -> io::Result<ControlClient> {
@@ -539,9 +554,7 @@ impl TwinLab {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = self.client.command(program);
-        cmd.args(args);
-        WatchedOutput::spawn(&mut cmd, label)
+        run_in(&self.client, program, args, label)
     }
 
     /// Run `program args...` in a VM namespace, watching its stderr.
@@ -563,9 +576,7 @@ impl TwinLab {
             Vm::Primary => &self.pvm,
             Vm::Secondary => &self.svm,
         };
-        let mut cmd = ns.command(program);
-        cmd.args(args);
-        WatchedOutput::spawn(&mut cmd, label)
+        run_in(ns, program, args, label)
     }
 
     /// Kill the proxy in front of `vm` at once (SIGKILL), as a host that vanishes:
@@ -595,6 +606,16 @@ impl TwinLab {
         }
         out
     }
+}
+
+fn run_in<I, S>(ns: &Netns, program: &OsStr, args: I, label: &str) -> io::Result<WatchedOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = ns.command(program);
+    cmd.args(args);
+    WatchedOutput::spawn(&mut cmd, label)
 }
 
 /// Whether a `stats` reply says the link between the proxies is up: the first
@@ -629,21 +650,20 @@ pub fn link_up(reply: &Value) -> Option<bool> {
 /// The address of the VMs' service on `port`, IPv4 or IPv6.
 #[must_use]
 pub fn vm_addr(v6: bool, port: u16) -> SocketAddr {
-    let ip = if v6 {
-        IpAddr::V6(VM_IP6)
-    } else {
-        IpAddr::V4(VM_IP)
-    };
-    SocketAddr::new(ip, port)
+    lab_addr(VM_IP, VM_IP6, v6, port)
 }
 
 /// The address of a server in the client namespace on `port`, IPv4 or IPv6.
 #[must_use]
 pub fn client_addr(v6: bool, port: u16) -> SocketAddr {
-    let ip = if v6 {
-        IpAddr::V6(CLIENT_IP6)
+    lab_addr(CLIENT_IP, CLIENT_IP6, v6, port)
+}
+
+fn lab_addr(v4: Ipv4Addr, v6: Ipv6Addr, want_v6: bool, port: u16) -> SocketAddr {
+    let ip = if want_v6 {
+        IpAddr::V6(v6)
     } else {
-        IpAddr::V4(CLIENT_IP)
+        IpAddr::V4(v4)
     };
     SocketAddr::new(ip, port)
 }

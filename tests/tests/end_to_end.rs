@@ -93,6 +93,28 @@ fn bulk_args(addr: SocketAddr, bytes: usize) -> Vec<String> {
     vec!["bulk".into(), addr.to_string(), bytes.to_string()]
 }
 
+fn echo_args(addr: SocketAddr, conn: u32, count: u32) -> Vec<String> {
+    vec![
+        "echo".into(),
+        addr.to_string(),
+        conn.to_string(),
+        count.to_string(),
+    ]
+}
+
+fn echo_many_args(addr: SocketAddr, conns: u32, count: u32) -> Vec<String> {
+    vec![
+        "echo-many".into(),
+        addr.to_string(),
+        conns.to_string(),
+        count.to_string(),
+    ]
+}
+
+fn udp_echo_args(addr: SocketAddr, count: u32) -> Vec<String> {
+    vec!["udp-echo".into(), addr.to_string(), count.to_string()]
+}
+
 fn assert_bulk(out: &CommandOutput, bytes: usize, what: &str) {
     assert_eq!(out.stdout.len(), bytes, "{what}: length");
     let expected = proto::bulk_bytes(bytes);
@@ -123,7 +145,7 @@ fn udp_expected(count: u32) -> Vec<u8> {
 }
 
 /// The connection's flow, from the `local=` line a client prints.
-fn client_flow(out: &CommandOutput, server: SocketAddr) -> FlowKey {
+fn client_flow(out: &CommandOutput, proto: FlowProto, server: SocketAddr) -> FlowKey {
     let text = out.stderr_text();
     let local: SocketAddr = text
         .lines()
@@ -132,11 +154,51 @@ fn client_flow(out: &CommandOutput, server: SocketAddr) -> FlowKey {
         .unwrap_or_else(|| panic!("client printed no local address: {text}"));
     FlowKey::new(
         [0, 0],
-        FlowProto::Tcp,
+        proto,
         Endpoint::new(local.ip(), local.port()),
         Endpoint::new(server.ip(), server.port()),
     )
     .0
+}
+
+/// Run a client (`args`) of a nondeterministic service on `server` and play the
+/// COLO framework: the primary holds the diverged reply until the checkpoint is done,
+/// so wait for `checkpoint-requested`, answer `checkpoint-done`, then let the client
+/// finish. Asserts that the request names `reason` and the client's flow, and that
+/// the client got exactly the primary VM's reply. Returns the reply and the flow.
+fn diverging_exchange(
+    lab: &mut TwinLab,
+    args: &[String],
+    proto: FlowProto,
+    server: SocketAddr,
+    reason: &str,
+) -> (String, FlowKey) {
+    let run = client(lab, args, "nondeterministic client");
+    let event = lab
+        .control(Vm::Primary)
+        .wait_event_named("checkpoint-requested", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
+    let done = lab
+        .control(Vm::Primary)
+        .command("checkpoint-done", Duration::from_secs(5))
+        .expect("checkpoint-done reply");
+    assert_eq!(done["ok"], true, "{done}");
+    let out = finish(lab, run, Duration::from_secs(30));
+    let flow = client_flow(&out, proto, server);
+    assert_eq!(event["reason"], reason, "{event}");
+    assert_eq!(event["flow"], flow.to_string(), "{event}");
+    let primary_sent: Vec<String> = lab
+        .service_lines(Vm::Primary)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("sent ").map(str::to_owned))
+        .collect();
+    assert_eq!(primary_sent.len(), 1, "{primary_sent:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", primary_sent[0]),
+        "the client got the primary's reply"
+    );
+    (primary_sent[0].clone(), flow)
 }
 
 /// Let late events arrive, then assert that the primary asked for no checkpoint and
@@ -222,23 +284,10 @@ fn direct_path_lab_check() {
     );
     let echo = client(
         &lab,
-        &[
-            "echo-many".into(),
-            vm_addr(true, ECHO_PORT).to_string(),
-            "20".into(),
-            "20".into(),
-        ],
+        &echo_many_args(vm_addr(true, ECHO_PORT), 20, 20),
         "echo-many v6",
     );
-    let udp = client(
-        &lab,
-        &[
-            "udp-echo".into(),
-            vm_addr(true, UDP_PORT).to_string(),
-            "50".into(),
-        ],
-        "udp v6",
-    );
+    let udp = client(&lab, &udp_echo_args(vm_addr(true, UDP_PORT), 50), "udp v6");
     let bulk = finish(&lab, bulk, Duration::from_secs(60));
     assert_bulk(&bulk, 8 * MIB, "direct bulk");
     let echo = finish(&lab, echo, Duration::from_secs(60));
@@ -276,12 +325,7 @@ fn deterministic_bulk_and_small_messages() {
     );
     let echo = client(
         &lab,
-        &[
-            "echo-many".into(),
-            vm_addr(false, ECHO_PORT).to_string(),
-            CONNS.to_string(),
-            MESSAGES.to_string(),
-        ],
+        &echo_many_args(vm_addr(false, ECHO_PORT), CONNS, MESSAGES),
         "echo-many",
     );
     let echo = finish(&lab, echo, Duration::from_secs(180));
@@ -316,32 +360,15 @@ fn deterministic_ipv6_and_udp() {
     let bulk = client(&lab, &bulk_args(vm_addr(true, BULK_PORT), BULK), "bulk v6");
     let echo = client(
         &lab,
-        &[
-            "echo-many".into(),
-            vm_addr(true, ECHO_PORT).to_string(),
-            "50".into(),
-            "20".into(),
-        ],
+        &echo_many_args(vm_addr(true, ECHO_PORT), 50, 20),
         "echo-many v6",
     );
     let udp4 = client(
         &lab,
-        &[
-            "udp-echo".into(),
-            vm_addr(false, UDP_PORT).to_string(),
-            "100".into(),
-        ],
+        &udp_echo_args(vm_addr(false, UDP_PORT), 100),
         "udp v4",
     );
-    let udp6 = client(
-        &lab,
-        &[
-            "udp-echo".into(),
-            vm_addr(true, UDP_PORT).to_string(),
-            "100".into(),
-        ],
-        "udp v6",
-    );
+    let udp6 = client(&lab, &udp_echo_args(vm_addr(true, UDP_PORT), 100), "udp v6");
     let udp4 = finish(&lab, udp4, Duration::from_secs(60));
     let udp6 = finish(&lab, udp6, Duration::from_secs(60));
     let echo = finish(&lab, echo, Duration::from_secs(60));
@@ -461,16 +488,7 @@ fn nondeterministic_reply_requests_checkpoint() {
     };
     start_services(&mut lab);
     // Deterministic first: nothing to report.
-    let echo = client(
-        &lab,
-        &[
-            "echo".into(),
-            vm_addr(false, ECHO_PORT).to_string(),
-            "1".into(),
-            "5".into(),
-        ],
-        "echo",
-    );
+    let echo = client(&lab, &echo_args(vm_addr(false, ECHO_PORT), 1, 5), "echo");
     let echo = finish(&lab, echo, Duration::from_secs(30));
     assert_eq!(echo.stdout, proto::echo_transcript(1, 5));
     assert!(
@@ -481,42 +499,18 @@ fn nondeterministic_reply_requests_checkpoint() {
         lab.control(Vm::Primary).events()
     );
 
-    // The primary holds the diverged reply until the checkpoint is done, as COLO
-    // does: answer the request (as the COLO framework would, after its checkpoint),
-    // then the client gets its reply.
     let server = vm_addr(false, NONDET_CLOSE_PORT);
-    let nondet = client(
-        &lab,
+    let (primary_reply, flow) = diverging_exchange(
+        &mut lab,
         &["nondet".into(), server.to_string(), "what time".into()],
-        "nondet",
+        FlowProto::Tcp,
+        server,
+        "payload",
     );
-    let event = lab
-        .control(Vm::Primary)
-        .wait_event_named("checkpoint-requested", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
-    let done = lab
-        .control(Vm::Primary)
-        .command("checkpoint-done", Duration::from_secs(5))
-        .expect("checkpoint-done reply");
-    assert_eq!(done["ok"], true, "{done}");
-    let nondet = finish(&lab, nondet, Duration::from_secs(30));
-    // The primary forwards it over the link; the secondary resets its rewriter once.
+    // The primary forwards the checkpoint over the link; the secondary resets its
+    // rewriter once.
     let s = wait_stats(&mut lab, Vm::Secondary, |s| s["checkpoints"]["link"] == 1);
     assert_eq!(s["epoch"], 1, "{s}");
-    let flow = client_flow(&nondet, server);
-    assert_eq!(event["reason"], "payload", "{event}");
-    assert_eq!(event["flow"], flow.to_string(), "{event}");
-    let primary_sent: Vec<String> = lab
-        .service_lines(Vm::Primary)
-        .into_iter()
-        .filter_map(|l| l.strip_prefix("sent ").map(str::to_owned))
-        .collect();
-    assert_eq!(primary_sent.len(), 1, "{primary_sent:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&nondet.stdout),
-        format!("{}\n", primary_sent[0]),
-        "the client got the primary's reply"
-    );
     let secondary_sent: Vec<String> = lab
         .service_lines(Vm::Secondary)
         .into_iter()
@@ -525,7 +519,7 @@ fn nondeterministic_reply_requests_checkpoint() {
     assert_eq!(secondary_sent.len(), 1, "the secondary VM answered too");
     assert_ne!(
         secondary_sent[0],
-        format!("sent {}", primary_sent[0]),
+        format!("sent {primary_reply}"),
         "the two VMs' clocks differed"
     );
 
@@ -549,12 +543,7 @@ fn nondeterministic_reply_requests_checkpoint() {
     // A new deterministic connection after the checkpoint compares cleanly again.
     let echo = client(
         &lab,
-        &[
-            "echo".into(),
-            vm_addr(false, ECHO_PORT).to_string(),
-            "2".into(),
-            "5".into(),
-        ],
+        &echo_args(vm_addr(false, ECHO_PORT), 2, 5),
         "echo after the checkpoint",
     );
     let echo = finish(&lab, echo, Duration::from_secs(30));
@@ -581,45 +570,12 @@ fn nondeterministic_udp_reply_requests_checkpoint() {
     };
     start_services(&mut lab);
     let server = vm_addr(true, UDP_NONDET_PORT);
-    let once = client(
-        &lab,
+    let (_, flow) = diverging_exchange(
+        &mut lab,
         &["udp-once".into(), server.to_string(), "what time".into()],
-        "udp-once",
-    );
-    let event = lab
-        .control(Vm::Primary)
-        .wait_event_named("checkpoint-requested", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.proxy_logs()));
-    let done = lab
-        .control(Vm::Primary)
-        .command("checkpoint-done", Duration::from_secs(5))
-        .expect("checkpoint-done reply");
-    assert_eq!(done["ok"], true, "{done}");
-    let once = finish(&lab, once, Duration::from_secs(30));
-    let local: SocketAddr = once
-        .stderr_text()
-        .lines()
-        .find_map(|l| l.strip_prefix("local=")?.parse().ok())
-        .expect("the client printed its local address");
-    let flow = FlowKey::new(
-        [0, 0],
         FlowProto::Udp,
-        Endpoint::new(local.ip(), local.port()),
-        Endpoint::new(server.ip(), server.port()),
-    )
-    .0;
-    assert_eq!(event["reason"], "datagram", "{event}");
-    assert_eq!(event["flow"], flow.to_string(), "{event}");
-    let primary_sent: Vec<String> = lab
-        .service_lines(Vm::Primary)
-        .into_iter()
-        .filter_map(|l| l.strip_prefix("sent ").map(str::to_owned))
-        .collect();
-    assert_eq!(primary_sent.len(), 1, "{primary_sent:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&once.stdout),
-        format!("{}\n", primary_sent[0]),
-        "the client got the primary's datagram"
+        server,
+        "datagram",
     );
     thread::sleep(EVENT_GRACE);
     for e in lab
@@ -692,12 +648,7 @@ fn secondary_cut_mid_transfer(cut: Cut) {
     assert_bulk(&bulk, BULK, "download across the secondary's loss");
     let echo = client(
         &lab,
-        &[
-            "echo".into(),
-            vm_addr(false, ECHO_PORT).to_string(),
-            "3".into(),
-            "10".into(),
-        ],
+        &echo_args(vm_addr(false, ECHO_PORT), 3, 10),
         "echo while degraded",
     );
     let echo = finish(&lab, echo, Duration::from_secs(30));
@@ -771,12 +722,7 @@ fn primary_cut_failover(v6: bool) {
     // The secondary now serves new connections too.
     let echo = client(
         &lab,
-        &[
-            "echo".into(),
-            vm_addr(v6, ECHO_PORT).to_string(),
-            "4".into(),
-            "10".into(),
-        ],
+        &echo_args(vm_addr(v6, ECHO_PORT), 4, 10),
         "echo after failover",
     );
     let echo = finish(&lab, echo, Duration::from_secs(30));

@@ -443,7 +443,8 @@ fn client_nondet(addr: SocketAddr, line: &str) -> io::Result<()> {
     out.flush()
 }
 
-fn client_udp_echo(addr: SocketAddr, count: u32) -> io::Result<()> {
+/// A UDP socket of `addr`'s family on an ephemeral port, connected to `addr`.
+fn udp_connected(addr: SocketAddr) -> io::Result<UdpSocket> {
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -451,6 +452,11 @@ fn client_udp_echo(addr: SocketAddr, count: u32) -> io::Result<()> {
     };
     let socket = UdpSocket::bind(local)?;
     socket.connect(addr)?;
+    Ok(socket)
+}
+
+fn client_udp_echo(addr: SocketAddr, count: u32) -> io::Result<()> {
+    let socket = udp_connected(addr)?;
     socket.set_read_timeout(Some(UDP_RETRY))?;
     eprintln!("local={}", socket.local_addr()?);
     let mut got = Vec::new();
@@ -536,13 +542,7 @@ fn client_rtt(addr: SocketAddr, count: u32) -> io::Result<()> {
 }
 
 fn client_udp_once(addr: SocketAddr, line: &str) -> io::Result<()> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local)?;
-    socket.connect(addr)?;
+    let socket = udp_connected(addr)?;
     socket.set_read_timeout(Some(IO_TIMEOUT))?;
     eprintln!("local={}", socket.local_addr()?);
     socket.send(format!("{line}\n").as_bytes())?;
