@@ -135,6 +135,37 @@ pub struct TwinLab {
     started: Instant,
 }
 
+/// Why the two-host lab cannot be built here, if it cannot: what
+/// [`crate::unavailable_reason`] checks (root, `ip`, `/dev/net/tun`, namespaces), and
+/// bridge and veth devices (kernel modules `bridge`, `veth`). Checked once per process.
+#[must_use]
+pub fn unavailable_reason() -> Option<String> {
+    static REASON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REASON
+        .get_or_init(|| crate::unavailable_reason().or_else(probe_bridge_and_veth))
+        .clone()
+}
+
+fn probe_bridge_and_veth() -> Option<String> {
+    let ns = match Netns::create("probe") {
+        Ok(ns) => ns,
+        Err(e) => return Some(format!("cannot create a network namespace: {e}")),
+    };
+    if let Err(e) = ns.ip(["link", "add", "probebr", "type", "bridge"]) {
+        return Some(format!(
+            "cannot create a bridge device (kernel module `bridge`): {e}"
+        ));
+    }
+    if let Err(e) = ns.ip([
+        "link", "add", "probev0", "type", "veth", "peer", "name", "probev1",
+    ]) {
+        return Some(format!(
+            "cannot create a veth pair (kernel module `veth`): {e}"
+        ));
+    }
+    None
+}
+
 /// Names of the devices the proxies create (at most 15 bytes).
 fn dev_name(kind: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

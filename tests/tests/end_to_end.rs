@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use colo_core::flow::{Endpoint, FlowKey, FlowProto};
 use colo_integration::process::{CommandOutput, WatchedOutput};
 use colo_integration::proto;
-use colo_integration::twin::{PathKind, TwinConfig, TwinLab, Vm, client_addr, vm_addr};
-use colo_integration::unavailable_reason;
+use colo_integration::twin::{
+    PathKind, TwinConfig, TwinLab, Vm, client_addr, unavailable_reason, vm_addr,
+};
 use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_colo-testsrv");

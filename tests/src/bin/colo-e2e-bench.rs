@@ -18,8 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use colo_integration::process::run_with_timeout;
-use colo_integration::twin::{PathKind, TwinConfig, TwinLab, vm_addr};
-use colo_integration::unavailable_reason;
+use colo_integration::twin::{PathKind, TwinConfig, TwinLab, unavailable_reason, vm_addr};
 
 const BULK_PORT: u16 = 7000;
 const ECHO_PORT: u16 = 7001;
