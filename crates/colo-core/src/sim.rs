@@ -180,6 +180,22 @@ pub fn udp_frame(addrs: &FlowAddrs, towards: Towards, payload: &[u8]) -> Frame {
     Frame::ethernet(out)
 }
 
+/// A TCP segment from the client to the VM (default window, no options).
+#[must_use]
+pub fn client_tcp(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
+    tcp_frame(
+        addrs,
+        Towards::Vm,
+        &Segment {
+            seq,
+            ack,
+            flags,
+            payload,
+            ..Segment::default()
+        },
+    )
+}
+
 /// One VM's side of a TCP connection: turns a byte stream into segments with that
 /// VM's own ISN and timestamp clock.
 #[derive(Debug, Clone)]

@@ -307,6 +307,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Run the real `primary` and `secondary` proxies in this process over loopback
+    /// Unix sockets (the client and both VMs played by the demo, real time) instead
+    /// of the simulation.
+    #[arg(long)]
+    pub live: bool,
+
     /// Fault injection, for testing the demo's own verification: lose every Nth
     /// frame the proxy releases on its way to the client.
     #[arg(long, value_name = "N", hide = true,

@@ -14,6 +14,7 @@
 mod client;
 mod content;
 mod format;
+mod live;
 mod queue;
 mod report;
 mod rng;
@@ -42,6 +43,9 @@ const MAX_TOTAL_BYTES: u64 = 4 << 30;
 
 /// Run the demo; the exit code says whether the client stream verified.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.live {
+        return live::run(args);
+    }
     let connections = args.connections as usize;
     if args.bytes_per_connection > MAX_BYTES_PER_CONNECTION {
         bail!(

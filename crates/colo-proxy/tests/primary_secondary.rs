@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use colo_core::Frame;
 use colo_core::classify::{TcpFlags, classify};
-use colo_core::sim::{FlowAddrs, Segment, TcpSender, Towards, tcp_frame};
-use common::{Control, FramedPeer, Proxy, start_primary, start_secondary, wait_for_stats};
+use colo_core::sim::{FlowAddrs, TcpSender, client_tcp as client_seg};
+use common::{
+    Control, FramedPeer, Proxy, start_primary, start_secondary, wait_for_stats, with_vnet,
+};
 
 const ISN_P: u32 = 1_000;
 const ISN_S: u32 = 7_000_000;
@@ -52,20 +54,6 @@ fn lab(primary_extra: &[&str], secondary_extra: &[&str]) -> Lab {
         pvm,
         svm,
     }
-}
-
-fn client_seg(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
-    tcp_frame(
-        addrs,
-        Towards::Vm,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            payload,
-            ..Segment::default()
-        },
-    )
 }
 
 fn seq_ack(frame: &Frame) -> (u32, u32) {
@@ -304,4 +292,36 @@ fn secondary_failover_without_client_port_is_refused() {
     assert_eq!(r["ok"], false, "{r}");
     assert!(r["error"].as_str().unwrap().contains("--client"), "{r}");
     assert!(sec.stop().success());
+}
+
+#[test]
+fn primary_secondary_carry_vnet_headers_end_to_end() {
+    let sdir = tempfile::tempdir().unwrap();
+    let link = format!("unix:{}/link.sock,connect", sdir.path().display());
+    let mut secondary = start_secondary(sdir, &["--vnet-hdr-support"]);
+    let mut primary = start_primary(
+        tempfile::tempdir().unwrap(),
+        &link,
+        &["--vnet-hdr-support=on"],
+    );
+    let mut pctl = Control::new(primary.connect("ctl.sock"));
+    let mut client = FramedPeer::with_vnet(primary.connect("client.sock"), true);
+    let mut pvm = FramedPeer::with_vnet(primary.connect("pvm.sock"), true);
+    let mut svm = FramedPeer::with_vnet(secondary.connect("svm.sock"), true);
+    wait_for_stats(&mut pctl, "link up", |s| s["link"]["up"] == true);
+    let addrs = FlowAddrs::v4(8);
+    let syn = with_vnet(client_seg(&addrs, CLIENT_ISN, 0, TcpFlags::SYN, b""), true);
+    client.send(std::slice::from_ref(&syn));
+    assert_eq!(pvm.next(), syn, "vnet header kept to the primary VM");
+    assert_eq!(svm.next(), syn, "and across the link to the secondary VM");
+    let mut p = TcpSender::new(addrs, ISN_P, CLIENT_ISN + 1);
+    let mut s = TcpSender::new(addrs, ISN_S, CLIENT_ISN + 1);
+    let syn_ack = with_vnet(p.syn_ack(), true);
+    pvm.send(std::slice::from_ref(&syn_ack));
+    svm.send(&[with_vnet(s.syn_ack(), true)]);
+    let got = client.next();
+    assert_eq!(got, syn_ack, "released with its vnet header");
+    assert_eq!(got.vnet_hdr_len, 10);
+    assert!(primary.stop().success());
+    assert!(secondary.stop().success());
 }

@@ -331,7 +331,7 @@ fn pick(rng: &mut Rng, sizes: &[usize]) -> usize {
 mod tests {
     use super::*;
     use crate::demo::segment::tcp_view;
-    use colo_core::sim::{Segment, tcp_frame};
+    use colo_core::sim::client_tcp;
 
     fn profile(side: Side) -> VmProfile {
         VmProfile {
@@ -346,18 +346,7 @@ mod tests {
     }
 
     fn client(a: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> TcpView {
-        let f = tcp_frame(
-            a,
-            Towards::Vm,
-            &Segment {
-                seq,
-                ack,
-                flags,
-                payload,
-                ..Segment::default()
-            },
-        );
-        tcp_view(&f).unwrap()
+        tcp_view(&client_tcp(a, seq, ack, flags, payload)).unwrap()
     }
 
     #[test]

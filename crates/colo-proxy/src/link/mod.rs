@@ -64,6 +64,19 @@ pub struct LinkArgs {
 }
 
 impl LinkArgs {
+    /// The timeout must leave room for heartbeats.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            anyhow::bail!(
+                "--heartbeat-timeout ({} ms) must be longer than --heartbeat-interval ({} ms), \
+                 or a live peer would be declared dead; e.g. three intervals",
+                self.heartbeat_timeout,
+                self.heartbeat_interval
+            );
+        }
+        Ok(())
+    }
+
     /// The link configuration for `me`.
     #[must_use]
     pub fn config(&self, me: LinkRole) -> LinkConfig {

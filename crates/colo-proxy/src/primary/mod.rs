@@ -83,23 +83,23 @@ pub struct PrimaryArgs {
 
 /// Run `colo-proxy primary` until SIGINT or SIGTERM.
 pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
-    if args.client == args.pvm {
-        anyhow::bail!(
-            "--client and --pvm are the same port ({}); each needs its own",
-            args.client
-        );
-    }
-    crate::shell::block_on(serve(args))
+    crate::port::ensure_distinct(("--client", &args.client), ("--pvm", &args.pvm))?;
+    args.link_options.validate()?;
+    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }
 
-async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
+/// Run the primary until `shutdown` completes (the daemon: SIGINT or SIGTERM; the
+/// live demo: its own end).
+pub(crate) async fn serve(
+    args: &PrimaryArgs,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let config = crate::compare::engine_config(
         args.compare_timeout,
         args.expired_scan_cycle,
         args.max_queue_size,
     );
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
-    let shutdown = crate::shell::shutdown_signal()?;
 
     // Open everything first, so that address errors stop us before anything runs.
     let client = Port::bind("client", &args.client).await?;
@@ -160,4 +160,85 @@ async fn serve(args: &PrimaryArgs) -> anyhow::Result<()> {
     // Dropping the tasks closes the sockets and removes the Unix socket files.
     tasks.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+    use crate::port::PortSpec;
+
+    fn parse(args: &[&str]) -> Result<super::PrimaryArgs, String> {
+        let mut v = vec!["colo-proxy", "primary"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).map(|c| c.command) {
+            Ok(Command::Primary(a)) => Ok(a),
+            Ok(other) => panic!("not primary: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn cli_contract() {
+        let a = parse(&[
+            "--client",
+            "tap:tap0",
+            "--pvm",
+            "stream:unix:/run/pvm.sock",
+            "--link",
+            "tcp:10.0.0.2:9000,connect",
+            "--control",
+            "unix:/run/p.ctl",
+            "--compare-timeout",
+            "100",
+            "--expired-scan-cycle",
+            "50",
+            "--max-queue-size",
+            "64",
+            "--vnet-hdr-support=on",
+            "--out-buffer",
+            "1M",
+        ])
+        .unwrap();
+        assert_eq!(a.client, PortSpec::Tap("tap0".into()));
+        assert!(a.link.connect);
+        assert_eq!(
+            (a.compare_timeout, a.expired_scan_cycle, a.max_queue_size),
+            (100, 50, 64)
+        );
+        assert!(a.vnet_hdr_support);
+        assert_eq!(a.out_buffer, 1 << 20);
+        let d = parse(&[
+            "--client",
+            "dgram:127.0.0.1:5000=127.0.0.1:5001",
+            "--pvm",
+            "stream:tcp:127.0.0.1:7000,connect",
+            "--link",
+            "unix:/run/link.sock",
+        ])
+        .unwrap();
+        assert!(!d.vnet_hdr_support);
+        assert_eq!(d.compare_timeout, 3000);
+        d.link_options.validate().unwrap();
+        assert!(parse(&["--client", "tap:x", "--link", "unix:/l"]).is_err());
+        let bad = parse(&[
+            "--client", "nonsense", "--pvm", "tap:a", "--link", "unix:/l",
+        ]);
+        assert!(bad.unwrap_err().contains("a port is"));
+        let hb = parse(&[
+            "--client",
+            "tap:a",
+            "--pvm",
+            "tap:b",
+            "--link",
+            "unix:/l",
+            "--heartbeat-interval",
+            "500",
+            "--heartbeat-timeout",
+            "500",
+        ])
+        .unwrap();
+        assert!(hb.link_options.validate().is_err());
+    }
 }

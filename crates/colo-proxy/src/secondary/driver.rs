@@ -260,6 +260,12 @@ impl Driver {
             unsent_to_primary = self.link.stats().queued_frames,
             "failover: facing the client directly; addresses announced, duplicate ACKs sent"
         );
+        // Output queued for the dead primary was never compared nor seen by the
+        // client; it is not replayed (the VM's own retransmission covers TCP).
+        m.insert(
+            "unsent_to_primary".into(),
+            json!(self.link.stats().queued_frames),
+        );
         m.insert("gratuitous_arp".into(), json!(arp));
         m.insert("neighbour_advertisement".into(), json!(na));
         m.insert("dup_ack_connections".into(), Value::Array(conns));

@@ -81,18 +81,20 @@ pub struct SecondaryArgs {
 
 /// Run `colo-proxy secondary` until SIGINT or SIGTERM.
 pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
-    if args.client.as_ref() == Some(&args.svm) {
-        anyhow::bail!(
-            "--client and --svm are the same port ({}); each needs its own",
-            args.svm
-        );
+    if let Some(client) = &args.client {
+        crate::port::ensure_distinct(("--client", client), ("--svm", &args.svm))?;
     }
-    crate::shell::block_on(serve(args))
+    args.link_options.validate()?;
+    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
 }
 
-async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
+/// Run the secondary until `shutdown` completes (the daemon: SIGINT or SIGTERM;
+/// the live demo: its own end).
+pub(crate) async fn serve(
+    args: &SecondaryArgs,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let decoder = crate::shell::decoder_config(args.vnet_hdr_support);
-    let shutdown = crate::shell::shutdown_signal()?;
 
     let svm = Port::bind("svm", &args.svm).await?;
     let client = match &args.client {
@@ -143,4 +145,52 @@ async fn serve(args: &SecondaryArgs) -> anyhow::Result<()> {
     crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     tasks.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn cli_contract() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["colo-proxy", "secondary"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.command) {
+                Ok(Command::Secondary(a)) => Ok(a),
+                Ok(other) => panic!("not secondary: {other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let a = parse(&[
+            "--svm",
+            "stream:unix:/run/svm.sock",
+            "--link",
+            "tcp:0.0.0.0:9000",
+            "--client",
+            "tap:tap1",
+            "--control",
+            "unix:/run/s.ctl",
+            "--vnet-hdr-support",
+            "--out-buffer",
+            "2M",
+        ])
+        .unwrap();
+        assert!(!a.link.connect);
+        assert!(a.client.is_some());
+        assert!(a.vnet_hdr_support);
+        assert_eq!(a.out_buffer, 2 << 20);
+        let b = parse(&[
+            "--svm",
+            "dgram:127.0.0.1:1=127.0.0.1:2",
+            "--link",
+            "unix:/l",
+        ])
+        .unwrap();
+        assert!(b.client.is_none());
+        assert_eq!(b.checkpoint_pair_window, 1000);
+        assert!(parse(&["--link", "unix:/l"]).is_err());
+    }
 }

@@ -369,20 +369,34 @@ pub struct FramedPeer {
     pub stream: UnixStream,
     dec: FrameDecoder,
     ready: std::collections::VecDeque<Frame>,
+    vnet: bool,
 }
 
 impl FramedPeer {
     pub fn new(stream: UnixStream) -> Self {
+        Self::with_vnet(stream, false)
+    }
+
+    /// A peer whose framing carries the vnet header length field when `vnet`.
+    pub fn with_vnet(stream: UnixStream, vnet: bool) -> Self {
         Self {
             stream,
-            dec: FrameDecoder::new(DecoderConfig::default()),
+            dec: FrameDecoder::new(DecoderConfig {
+                vnet_hdr: vnet,
+                ..DecoderConfig::default()
+            }),
             ready: std::collections::VecDeque::new(),
+            vnet,
         }
     }
 
     /// Send frames (in pieces, to exercise reassembly).
     pub fn send(&mut self, frames: &[Frame]) {
-        write_split(&mut self.stream, &wire(frames, false), frames.len() as u64);
+        write_split(
+            &mut self.stream,
+            &wire(frames, self.vnet),
+            frames.len() as u64,
+        );
     }
 
     fn fill(&mut self, timeout: Duration) -> bool {
