@@ -348,6 +348,10 @@ fn deterministic_bulk_and_small_messages() {
     assert_bulk(&bulk, BULK, "bulk");
     assert_no_checkpoint(&mut lab);
     assert_all_compared(&mut lab);
+    // The secondary's stack chose other ISNs and timestamps: its frames were rewritten.
+    let s = stats(&mut lab, Vm::Secondary);
+    assert!(s["rewritten"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["epoch"], 0, "{s}");
 }
 
 /// IPv6 TCP, and UDP over IPv4 and IPv6: identical answers, no checkpoint.
@@ -647,6 +651,12 @@ fn secondary_cut_mid_transfer(cut: Cut) {
     eprintln!("{cut:?}: degraded after the cut: {degraded}");
     let bulk = finish(&lab, bulk, Duration::from_secs(120));
     assert_bulk(&bulk, BULK, "download across the secondary's loss");
+    let s = stats(&mut lab, Vm::Primary);
+    assert_ne!(s["mode"], "compare", "{s}");
+    assert!(
+        s["released"]["unchecked"].as_u64().unwrap_or(0) > 0,
+        "the primary released output uncompared while degraded: {s}"
+    );
     let echo = client(
         &lab,
         &echo_args(vm_addr(false, ECHO_PORT), 3, 10),
