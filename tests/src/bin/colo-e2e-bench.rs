@@ -7,11 +7,11 @@
 //! colo-e2e-bench [--rounds N] [--bulk-mib M] [--rtt COUNT] [--path direct|proxies|both]
 //! ```
 //!
-//! For each path it builds one lab, starts the deterministic service in the VMs and
-//! runs N rounds of: one bulk download of M MiB (throughput measured by the client,
-//! from its request to the last byte), then COUNT request/response round trips on one
-//! connection (percentiles measured by the client). It prints every round and the
-//! medians over the rounds.
+//! It builds one lab per path (all up at once), starts the deterministic service in
+//! the VMs and runs N rounds, each path in turn within a round, of: one bulk download
+//! of M MiB (throughput measured by the client, from its request to the last byte),
+//! then COUNT request/response round trips on one connection (percentiles measured by
+//! the client). It prints every round and the medians over the rounds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,7 +132,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(path: &PathKind, o: &Options) -> Result<Vec<Round>, String> {
+fn start_lab(path: &PathKind) -> Result<TwinLab, String> {
     let config = TwinConfig {
         path: path.clone(),
         log_filter: "warn".into(),
@@ -150,16 +150,28 @@ fn bench(path: &PathKind, o: &Options) -> Result<Vec<Round>, String> {
         ],
     )
     .map_err(|e| e.to_string())?;
-    let mut rounds = Vec::new();
-    for i in 1..=o.rounds {
-        let r = run_round(&lab, o).map_err(|e| format!("{e}\n{}", lab.proxy_logs()))?;
-        println!(
-            "{path:?} round {i}: bulk {:.0} Mbit/s; rtt p50 {} us, p90 {} us, p99 {} us, max {} us",
-            r.mbit_s, r.rtt_us[0], r.rtt_us[1], r.rtt_us[2], r.rtt_us[3]
-        );
-        rounds.push(r);
+    Ok(lab)
+}
+
+/// All labs up at once; each round runs every path in turn (interleaved, so that
+/// a change in the machine's load affects them alike).
+fn bench(o: &Options) -> Result<Vec<(PathKind, Vec<Round>)>, String> {
+    let mut labs = Vec::new();
+    for path in &o.paths {
+        labs.push((path.clone(), start_lab(path)?, Vec::new()));
     }
-    Ok(rounds)
+    for i in 1..=o.rounds {
+        for (path, lab, rounds) in &mut labs {
+            let r =
+                run_round(lab, o).map_err(|e| format!("{path:?}: {e}\n{}", lab.proxy_logs()))?;
+            println!(
+                "{path:?} round {i}: bulk {:.0} Mbit/s; rtt p50 {} us, p90 {} us, p99 {} us, max {} us",
+                r.mbit_s, r.rtt_us[0], r.rtt_us[1], r.rtt_us[2], r.rtt_us[3]
+            );
+            rounds.push(r);
+        }
+    }
+    Ok(labs.into_iter().map(|(p, _, r)| (p, r)).collect())
 }
 
 fn main() -> ExitCode {
@@ -178,16 +190,13 @@ fn main() -> ExitCode {
         "bulk {} MiB, {} round trips, {} rounds per path",
         o.bulk_mib, o.rtt, o.rounds
     );
-    let mut table = Vec::new();
-    for path in &o.paths {
-        match bench(path, &o) {
-            Ok(rounds) => table.push((path.clone(), rounds)),
-            Err(e) => {
-                eprintln!("colo-e2e-bench: {path:?}: {e}");
-                return ExitCode::FAILURE;
-            }
+    let table = match bench(&o) {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("colo-e2e-bench: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
     println!("\n| path | bulk Mbit/s (median) | rtt p50 us | rtt p90 us | rtt p99 us |");
     println!("|---|---|---|---|---|");
     for (path, rounds) in &table {
