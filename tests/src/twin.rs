@@ -84,12 +84,14 @@ pub struct TwinConfig {
     pub log_filter: String,
     /// `net.ipv4.tcp_timestamps` of the secondary VM (see [`crate::lab::NetConfig`]).
     pub secondary_tcp_timestamps: Option<u8>,
-    /// The largest TCP receive buffer in the client namespace (`tcp_rmem` max), in
-    /// bytes. The primary VM can run ahead of the secondary by at most the client's
-    /// window, and its output waits that long for the secondary's; bounding the
-    /// window bounds the wait, which must stay under the compare timeout when the
-    /// secondary's path (rewriter, link) is slower than the primary's.
-    pub client_rmem_max: Option<u32>,
+    /// The largest TCP receive and send buffers in the client namespace
+    /// (`tcp_rmem`/`tcp_wmem` max), in bytes. The primary VM can run ahead of the
+    /// secondary by at most what is in flight between it and the client, and its
+    /// output waits that long for the secondary's; bounding the client's buffers
+    /// bounds the wait in both directions (downloads and uploads), which must stay
+    /// under the compare timeout when the secondary's path (rewriter, link) is slower
+    /// than the primary's.
+    pub client_buffer_max: Option<u32>,
 }
 
 impl Default for TwinConfig {
@@ -100,7 +102,7 @@ impl Default for TwinConfig {
             secondary_args: Vec::new(),
             log_filter: "info".into(),
             secondary_tcp_timestamps: Some(2),
-            client_rmem_max: Some(1 << 20),
+            client_buffer_max: Some(1 << 20),
         }
     }
 }
@@ -303,9 +305,11 @@ impl TwinLab {
             lab.svm
                 .set_sysctl("net/ipv4/tcp_timestamps", &v.to_string())?;
         }
-        if let Some(max) = config.client_rmem_max {
+        if let Some(max) = config.client_buffer_max {
             lab.client
                 .set_sysctl("net/ipv4/tcp_rmem", &format!("4096 131072 {max}"))?;
+            lab.client
+                .set_sysctl("net/ipv4/tcp_wmem", &format!("4096 16384 {max}"))?;
         }
         lab.create_client_bridge()?;
         match config.path {
