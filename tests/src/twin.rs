@@ -445,7 +445,7 @@ impl TwinLab {
         args: &[String],
         extra: &[String],
     ) -> io::Result<ProxyProcess> {
-        let mut cmd = Command::new(bin);
+        let mut cmd = orphan_proof_command(bin);
         cmd.env("RUST_LOG", &config.log_filter)
             .arg(role)
             .args(args)
@@ -531,7 +531,7 @@ impl TwinLab {
         S: AsRef<OsStr>,
     {
         for (vm, ns) in [(Vm::Primary, &self.pvm), (Vm::Secondary, &self.svm)] {
-            let mut cmd = ns.command(program);
+            let mut cmd = ns_command(ns, program);
             cmd.args(args.clone());
             let mut child = ChildGuard::spawn(&mut cmd, format!("{vm:?} VM service"))?;
             child.wait_for_line("READY", STARTUP)?;
@@ -559,7 +559,7 @@ impl TwinLab {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = self.client.command(program);
+        let mut cmd = ns_command(&self.client, program);
         cmd.args(args);
         let mut child = ChildGuard::spawn(&mut cmd, "client-side server")?;
         child.wait_for_line("READY", STARTUP)?;
@@ -643,12 +643,40 @@ impl TwinLab {
     }
 }
 
+/// A command for `program` that is killed when the thread that started it ends (a
+/// test process killed without unwinding leaves no proxy behind): through
+/// `setpriv --pdeathsig KILL` (util-linux) where it is installed, which execs the
+/// program (same pid).
+fn orphan_proof_command(program: &Path) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if Path::new(SETPRIV).exists() {
+        let mut cmd = Command::new(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// `program` run inside `ns`, killed when the thread that started it ends (see
+/// [`orphan_proof_command`]).
+fn ns_command(ns: &Netns, program: &OsStr) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if Path::new(SETPRIV).exists() {
+        let mut cmd = ns.command(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        ns.command(program)
+    }
+}
+
 fn run_in<I, S>(ns: &Netns, program: &OsStr, args: I, label: &str) -> io::Result<WatchedOutput>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = ns.command(program);
+    let mut cmd = ns_command(ns, program);
     cmd.args(args);
     WatchedOutput::spawn(&mut cmd, label)
 }
