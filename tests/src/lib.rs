@@ -22,16 +22,23 @@
 //! - [`lab`]: [`LabNet`], the three configured namespaces and their taps; [`Lab`],
 //!   that plus the relay and the services; [`unavailable_reason`] for skipping.
 //! - [`proto`]: the deterministic protocol of the `colo-testsrv` binary.
+//! - [`twin`]: [`TwinLab`](twin::TwinLab), the two-host lab of issue 6: the same
+//!   three namespaces with the real `colo-proxy primary` and `colo-proxy secondary`
+//!   daemons ([`proxy`]) between them, driven through their control sockets
+//!   ([`control`]); or the direct path without proxies, for comparison.
 //!
 //! The tests need root (namespaces, TAP devices). Where that is not available they
 //! print `SKIPPED: <reason>` and return.
 
+pub mod control;
 pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod proto;
+pub mod proxy;
 pub mod relay;
 pub mod tap;
+pub mod twin;
 
 pub use lab::{Lab, LabConfig, LabNet, NetConfig, unavailable_reason};
 pub use netns::Netns;

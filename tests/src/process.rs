@@ -94,6 +94,15 @@ impl ChildGuard {
         }
     }
 
+    /// The stdout lines printed since the last call (or since `READY`), without
+    /// waiting.
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        self.lines
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the child has exited, without waiting.
     ///
     /// # Errors
@@ -129,6 +138,47 @@ impl CommandOutput {
     #[must_use]
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Wait for `child` to exit, at most `timeout`; then kill and reap it and return
+/// `None`.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The output of a command that exited, or the error for one that had to be killed.
+fn finished(
+    label: &str,
+    timeout: Duration,
+    status: Option<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+) -> io::Result<CommandOutput> {
+    match status {
+        Some(status) => Ok(CommandOutput {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{label} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        )),
     }
 }
 
@@ -181,18 +231,7 @@ impl PendingOutput {
             .child
             .take()
             .ok_or_else(|| io::Error::other("already waited"))?;
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_or_kill(&mut child, timeout)?;
         let stdout = self
             .stdout
             .take()
@@ -203,21 +242,7 @@ impl PendingOutput {
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
-        match status {
-            Some(status) => Ok(CommandOutput {
-                status,
-                stdout,
-                stderr,
-            }),
-            None => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{} did not finish within {timeout:?}; stderr: {}",
-                    self.label,
-                    String::from_utf8_lossy(&stderr).trim()
-                ),
-            )),
-        }
+        finished(&self.label, timeout, status, stdout, stderr)
     }
 }
 
@@ -240,4 +265,123 @@ pub fn run_with_timeout(
     timeout: Duration,
 ) -> io::Result<CommandOutput> {
     PendingOutput::spawn(cmd, label)?.wait(timeout)
+}
+
+/// A running command whose stdout is collected and whose stderr lines can be
+/// watched while it runs (a download's `progress` lines, to cut a link mid-transfer).
+#[derive(Debug)]
+pub struct WatchedOutput {
+    child: Option<Child>,
+    label: String,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Option<JoinHandle<()>>,
+}
+
+impl WatchedOutput {
+    /// Start `cmd` with stdin closed.
+    ///
+    /// # Errors
+    /// The process could not be started.
+    pub fn spawn(cmd: &mut Command, label: impl Into<String>) -> io::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().map(collect);
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::clone(&stderr_lines);
+        let stderr = child.stderr.take().map(|err| {
+            thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    lines
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(line);
+                }
+            })
+        });
+        Ok(Self {
+            child: Some(child),
+            label: label.into(),
+            stdout,
+            stderr_lines,
+            stderr,
+        })
+    }
+
+    /// The stderr lines printed so far.
+    #[must_use]
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr_lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Wait until a stderr line satisfies `pred`; returns it.
+    ///
+    /// # Errors
+    /// `TimedOut` (with the lines seen) or the process exited first.
+    pub fn wait_stderr(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> io::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.stderr_lines().into_iter().find(|l| pred(l)) {
+                return Ok(l);
+            }
+            let exited = match self.child.as_mut() {
+                Some(c) => c.try_wait()?.is_some(),
+                None => true,
+            };
+            if exited || Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: no {what} on stderr (exited: {exited}); stderr so far: {:?}",
+                        self.label,
+                        self.stderr_lines()
+                    ),
+                ));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Wait for the command to exit, at most `timeout` (then it is killed).
+    ///
+    /// # Errors
+    /// `TimedOut` (with its stderr), or waiting failed.
+    pub fn wait(mut self, timeout: Duration) -> io::Result<CommandOutput> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other("already waited"))?;
+        let status = wait_or_kill(&mut child, timeout)?;
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        let stderr = self.stderr_lines().join("\n").into_bytes();
+        finished(&self.label, timeout, status, stdout, stderr)
+    }
+}
+
+impl Drop for WatchedOutput {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
