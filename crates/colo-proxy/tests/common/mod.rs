@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -388,4 +388,138 @@ pub fn http(addr: &str, request: &str) -> (u16, String) {
         .map_or("", |(_, b)| b)
         .to_owned();
     (status, body)
+}
+
+/// The QEMU binary the wire-compatibility tests run (Debian's `qemu-system-x86`).
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Where `qemu-system-x86_64` is, if it is installed.
+pub fn qemu_path() -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {QEMU}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+/// A standalone QEMU (`-M none`, no guest, no display), killed on drop; its stderr
+/// goes to `log`.
+pub struct Qemu {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Qemu {
+    /// Start `bin -M none -nodefaults ... ARGS`.
+    pub fn start(bin: &str, args: &[String], log: PathBuf) -> Self {
+        let child = Command::new(bin)
+            .args(["-M", "none", "-nodefaults", "-display", "none"])
+            .args(["-monitor", "none", "-serial", "none"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("QEMU log file"))
+            .spawn()
+            .expect("start QEMU");
+        Self { child, log }
+    }
+
+    /// QEMU's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panic with QEMU's log if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("QEMU exited ({st}): {}", self.log_text());
+        }
+    }
+
+    /// Accept QEMU's connection on `l` (a socket chardev or a stream netdev in
+    /// client mode); waits up to 20 s, watching that QEMU is still running.
+    pub fn accept(&mut self, l: &UnixListener, what: &str) -> UnixStream {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    return s;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept {what}: {e}"),
+            }
+            self.assert_running();
+            assert!(Instant::now() < deadline, "QEMU never connected {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until QEMU's main loop runs (so every netfilter exists and every netdev
+    /// is read): read the greeting on the QMP socket at `qmp` (QEMU started with
+    /// `-qmp unix:PATH,server=on,wait=off`) and run `qmp_capabilities` and
+    /// `query-status`, the barrier QEMU's own qtests use.
+    pub fn wait_ready(&mut self, qmp: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(qmp) {
+                break s;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "QEMU's QMP socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("QMP greeting");
+        assert!(line.contains("QMP"), "not a QMP greeting: {line:?}");
+        for cmd in ["qmp_capabilities", "query-status"] {
+            writeln!(writer, "{{\"execute\":\"{cmd}\"}}").unwrap();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).expect("QMP reply");
+                assert!(n > 0, "QMP closed: {}", self.log_text());
+                if line.contains("\"return\"") {
+                    break;
+                }
+                assert!(!line.contains("\"error\""), "QMP {cmd}: {line}");
+            }
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until each of `paths` exists (a daemon's listening sockets), panicking with
+/// the proxy's log after 10 s.
+pub fn wait_for_paths(proxy: &mut Proxy, paths: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for name in paths {
+        while !proxy.path(name).exists() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("colo-proxy exited early ({status}):\n{}", proxy.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never appeared:\n{}",
+                proxy.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
