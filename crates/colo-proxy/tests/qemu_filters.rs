@@ -3,6 +3,11 @@
 //! and `filter-redirector` outdevs feed colo-proxy's inputs, and a
 //! `filter-redirector` indev takes colo-proxy's output back into a netdev.
 //!
+//! The tests, each with and without vnet headers: (1) a mirror and a redirector feed
+//! compare's inputs; (2) the primary host's redirectors around compare, client to
+//! PVM and back; (3) rewrite between the secondary host's mirror and redirectors;
+//! (4) both hosts at once, compare and rewrite together.
+//!
 //! # Wiring (one QEMU, `-M none`, no guest, no NIC)
 //!
 //! ```text
@@ -329,7 +334,7 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
     assert!(proxy.stop().success(), "{}", proxy.log_text());
 }
 
-/// (2)/(3) The primary host of QEMU's documented COLO setup with colo-proxy in
+/// (2) The primary host of QEMU's documented COLO setup with colo-proxy in
 /// place of colo-compare: `redire1` steals PVM output into primary_in, `f2` the
 /// SVM's into secondary_in, and `redire0` takes colo-proxy's outdev back into the
 /// client's netdev; the client reads exactly the bytes the PVM wrote.
@@ -421,7 +426,7 @@ fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) ->
     )
 }
 
-/// (4) The secondary host with `colo-proxy rewrite` in place of filter-rewriter:
+/// (3) The secondary host with `colo-proxy rewrite` in place of filter-rewriter:
 /// the primary's `filter-mirror` (client traffic, `queue=tx` on `hn0`) feeds
 /// to-secondary-in, `f1` (`queue=tx` indev on `hn1`) takes to-secondary-out to the
 /// SVM, and `f2` (`queue=rx` outdev on `hn1`) steals the SVM's output into
@@ -553,4 +558,163 @@ fn qemu_filters_rewrite_between_redirectors() {
 #[test]
 fn qemu_filters_rewrite_between_redirectors_vnet() {
     rewrite_between_redirectors(true);
+}
+
+/// (4) Both hosts of QEMU's documented setup in one QEMU, with `colo-proxy compare`
+/// for colo-compare and `colo-proxy rewrite` for filter-rewriter: the client's
+/// traffic is mirrored (`m0`) through rewrite into the SVM, the SVM's output is
+/// stolen (`f2`) through rewrite into compare's secondary_in, the PVM's (`redire1`)
+/// into primary_in, and compare's outdev goes back to the client (`redire0`). The
+/// VMs chose different ISNs, so compare only sees equal streams if rewrite did its
+/// job; a diverging reply asks for a checkpoint.
+fn full_pair_through_qemu_filters(vnet: bool) {
+    let Some(bin) = qemu_with_stream_netdev() else {
+        return;
+    };
+    let (mut compare, mut compare_ctl) = start_compare(vnet);
+    let to_compare = format!("unix:{},connect", compare.path("sec.sock").display());
+    let mut args = vec![
+        "--to-secondary-in",
+        "unix:{dir}/to_in.sock",
+        "--to-secondary-out",
+        "unix:{dir}/to_out.sock",
+        "--from-secondary-in",
+        "unix:{dir}/from_in.sock",
+        "--from-secondary-out",
+        &to_compare,
+        "--control",
+        "unix:{dir}/ctl.sock",
+    ];
+    if vnet {
+        args.push("--vnet-hdr-support");
+    }
+    let mut rewrite = Proxy::start_role("rewrite", &args);
+    wait_for_paths(
+        &mut rewrite,
+        &["to_in.sock", "to_out.sock", "from_in.sock", "ctl.sock"],
+    );
+    let mut rewrite_ctl = Control::new(rewrite.connect("ctl.sock"));
+    let v = vnet_opt(vnet);
+    let mut lab = Lab::start(
+        &bin,
+        &Wiring {
+            netdevs: NETDEVS,
+            chardevs: vec![
+                ("compare0", compare.path("pri.sock")),
+                ("compare_out", compare.path("out.sock")),
+                ("mirror0", rewrite.path("to_in.sock")),
+                ("red0", rewrite.path("to_out.sock")),
+                ("red1", rewrite.path("from_in.sock")),
+            ],
+            filters: vec![
+                format!("filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0{v}"),
+                format!("filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out{v}"),
+                format!("filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0{v}"),
+                format!("filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0{v}"),
+                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
+            ],
+        },
+    );
+    let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);
+
+    // The client's frames reach the PVM as they are and the SVM rewritten.
+    let client = |lab: &mut Lab, f: Frame, at_svm: Frame| {
+        lab.send("hn0", std::slice::from_ref(&f));
+        let (got, _) = lab.recv("pvm", 1);
+        assert_eq!(got, [f], "client frame at the PVM");
+        let (got, _) = lab.recv("svm", 1);
+        assert_eq!(got, [at_svm], "client frame at the SVM");
+    };
+    // Both VMs answer; the client gets the PVM's answer, byte for byte.
+    let answer = |lab: &mut Lab, pvm: Frame, svm: Frame| {
+        lab.send("svm", &[svm]);
+        lab.send("pvm", std::slice::from_ref(&pvm));
+        let (got, raw) = lab.recv("hn0", 1);
+        assert_eq!(raw, wire(std::slice::from_ref(&pvm), false));
+        assert_eq!(got, [pvm]);
+    };
+
+    let syn = seg(Towards::Vm, C_ISN, 0, TcpFlags::SYN, b"");
+    client(&mut lab, syn.clone(), syn);
+    answer(
+        &mut lab,
+        seg(Towards::Client, P_ISN, C_ISN + 1, syn_ack, b""),
+        seg(Towards::Client, S_ISN, C_ISN + 1, syn_ack, b""),
+    );
+    let ack = seg(Towards::Vm, C_ISN + 1, P_ISN + 1, TcpFlags::ACK, b"");
+    client(
+        &mut lab,
+        ack,
+        seg(Towards::Vm, C_ISN + 1, S_ISN + 1, TcpFlags::ACK, b""),
+    );
+    let req = seg(Towards::Vm, C_ISN + 1, P_ISN + 1, TcpFlags::ACK, b"GET /");
+    client(
+        &mut lab,
+        req,
+        seg(Towards::Vm, C_ISN + 1, S_ISN + 1, TcpFlags::ACK, b"GET /"),
+    );
+    let reply =
+        |isn: u32, body: &[u8]| seg(Towards::Client, isn + 1, C_ISN + 6, TcpFlags::ACK, body);
+    answer(
+        &mut lab,
+        reply(P_ISN, b"200 OK\n"),
+        reply(S_ISN, b"200 OK\n"),
+    );
+    assert!(lab.quiet("hn0"), "each frame released exactly once");
+
+    // The VMs disagree on the next bytes: held, checkpoint asked for.
+    let pvm = seg(
+        Towards::Client,
+        P_ISN + 8,
+        C_ISN + 6,
+        TcpFlags::ACK,
+        b"time=1111",
+    );
+    let svm = seg(
+        Towards::Client,
+        S_ISN + 8,
+        C_ISN + 6,
+        TcpFlags::ACK,
+        b"time=2222",
+    );
+    lab.send("svm", &[svm]);
+    lab.send("pvm", std::slice::from_ref(&pvm));
+    let ev = compare_ctl.event("checkpoint-requested");
+    println!("checkpoint event: {ev}");
+    assert_eq!(ev["reason"], "payload", "{ev}");
+    assert!(lab.quiet("hn0"), "held until the checkpoint");
+    // The checkpoint makes the SVM a copy of the PVM; both proxies are told.
+    let done = rewrite_ctl.command("checkpoint-done");
+    assert_eq!(done["ok"], true, "{done}");
+    let done = compare_ctl.command("checkpoint-done");
+    assert_eq!(done["ok"], true, "{done}");
+    let (got, _) = lab.recv("hn0", 1);
+    assert_eq!(got, [pvm], "released to the client after checkpoint-done");
+    assert!(
+        lab.quiet("hn1"),
+        "f2 passed SVM output to the secondary's tap"
+    );
+
+    let stats = compare_ctl.command("stats");
+    let s = &stats["stats"];
+    assert_eq!(s["released"]["frames"], 3, "{stats}");
+    assert_eq!(s["divergences"]["payload"], 1, "{stats}");
+    let rstats = rewrite_ctl.command("stats");
+    assert_eq!(rstats["stats"]["opens"]["offsets_learned"], 1, "{rstats}");
+    println!(
+        "vnet={vnet}: client <-> QEMU filters <-> colo-proxy rewrite + compare: {} released, {} rewritten",
+        s["released"]["frames"], rstats["stats"]["rewritten"]
+    );
+    assert!(rewrite.stop().success(), "{}", rewrite.log_text());
+    assert!(compare.stop().success(), "{}", compare.log_text());
+}
+
+#[test]
+fn qemu_filters_full_pair_compare_and_rewrite() {
+    full_pair_through_qemu_filters(false);
+}
+
+#[test]
+fn qemu_filters_full_pair_compare_and_rewrite_vnet() {
+    full_pair_through_qemu_filters(true);
 }
