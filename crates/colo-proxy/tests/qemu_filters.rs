@@ -40,8 +40,11 @@
 //!   QEMU's filters with `vnet_hdr_support=on` write a be32 0 after the length;
 //!   colo-proxy takes it and writes it back unchanged, and the indev redirector
 //!   consumes it.
-//! - A QMP `query-status` round trip is the barrier before the test sends: QMP
-//!   answers only once the main loop runs, after every filter has been created.
+//! - The barrier before the test sends is QMP's `info network` showing every stream
+//!   netdev connected: QMP answers only once the main loop runs (after every filter
+//!   has been created), and a client stream netdev keeps its link down, silently
+//!   dropping what the hub delivers to it, until the main loop has handled its
+//!   connect.
 //!
 //! Without QEMU (or with one older than 7.2, which has no `-netdev stream`) each
 //! test prints `SKIPPED: <reason>` and returns.
@@ -89,7 +92,8 @@ impl Lab {
         let mut listeners = Vec::new();
         for &(name, hub) in wiring.netdevs {
             let path = dir.path().join(format!("{name}.sock"));
-            listeners.push((name, UnixListener::bind(&path).expect("bind netdev socket")));
+            let listener = UnixListener::bind(&path).expect("bind netdev socket");
+            listeners.push((name, path.clone(), listener));
             args.push("-netdev".into());
             args.push(format!(
                 "stream,id={name},server=off,addr.type=unix,addr.path={}",
@@ -111,10 +115,12 @@ impl Lab {
         args.push(format!("unix:{},server=on,wait=off", qmp.display()));
         let mut qemu = Qemu::start(bin, &args, dir.path().join("qemu.log"));
         let mut nets = HashMap::new();
-        for (name, listener) in &listeners {
+        let mut paths = Vec::new();
+        for (name, path, listener) in &listeners {
             nets.insert(*name, qemu.accept(listener, name));
+            paths.push((*name, path.clone()));
         }
-        qemu.wait_ready(&qmp);
+        qemu.wait_ready(&qmp, &paths);
         Self {
             qemu,
             nets,

@@ -458,17 +458,50 @@ impl Qemu {
         }
     }
 
-    /// Wait until QEMU's main loop runs (so every netfilter exists and every netdev
-    /// is read): read the greeting on the QMP socket at `qmp` (QEMU started with
-    /// `-qmp unix:PATH,server=on,wait=off`) and run `qmp_capabilities` and
-    /// `query-status`, the barrier QEMU's own qtests use.
-    pub fn wait_ready(&mut self, qmp: &Path) {
+    /// Wait until QEMU's main loop runs and every stream netdev in `netdevs` (id and
+    /// socket path, client mode) has its connection up: a client stream netdev
+    /// starts with its link down and silently drops what the hub delivers until the
+    /// main loop has handled the connect, which can come after QMP answers. Polls
+    /// `info network` over QMP (QEMU started with `-qmp unix:PATH,server=on,wait=off`)
+    /// until each netdev shows its peer's address instead of "connecting".
+    pub fn wait_ready(&mut self, qmp: &Path, netdevs: &[(&str, PathBuf)]) {
+        let mut qmp = Qmp::connect(self, qmp);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            if let Ok(s) = UnixStream::connect(qmp) {
-                break s;
+        loop {
+            let info = qmp.hmp("info network");
+            let up = |(id, path): &(&str, PathBuf)| {
+                let want = format!("{id}: index=0,type=stream,unix:{}", path.display());
+                info.lines().any(|l| l.trim().ends_with(&want))
+            };
+            if netdevs.iter().all(up) {
+                return;
             }
             self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "stream netdevs never connected: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A QMP client (line-delimited JSON; events skipped).
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connect to QEMU's QMP socket `path` (waits for it), read the greeting and
+    /// leave capabilities negotiation.
+    pub fn connect(qemu: &mut Qemu, path: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                break s;
+            }
+            qemu.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "QEMU's QMP socket never appeared"
@@ -478,23 +511,48 @@ impl Qemu {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("QMP greeting");
-        assert!(line.contains("QMP"), "not a QMP greeting: {line:?}");
-        for cmd in ["qmp_capabilities", "query-status"] {
-            writeln!(writer, "{{\"execute\":\"{cmd}\"}}").unwrap();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).expect("QMP reply");
-                assert!(n > 0, "QMP closed: {}", self.log_text());
-                if line.contains("\"return\"") {
-                    break;
-                }
-                assert!(!line.contains("\"error\""), "QMP {cmd}: {line}");
+        let mut qmp = Self {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        };
+        // QEMU 7.2 may send events (NETDEV_STREAM_CONNECTED) ahead of the greeting.
+        loop {
+            let v = qmp.next();
+            if v.get("QMP").is_some() {
+                break;
             }
+            assert!(v.get("event").is_some(), "not a QMP greeting: {v}");
         }
+        qmp.execute(&serde_json::json!({"execute": "qmp_capabilities"}));
+        qmp
+    }
+
+    fn next(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("QMP read");
+        assert!(n > 0, "QMP closed");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
+    }
+
+    /// Run a command; its `return` value (panics on an error reply).
+    pub fn execute(&mut self, cmd: &Value) -> Value {
+        writeln!(self.writer, "{cmd}").unwrap();
+        loop {
+            let mut v = self.next();
+            if let Some(r) = v.get_mut("return") {
+                return r.take();
+            }
+            assert!(v.get("error").is_none(), "QMP {cmd}: {v}");
+        }
+    }
+
+    /// Run a human monitor command; its text output.
+    pub fn hmp(&mut self, line: &str) -> String {
+        let r = self.execute(&serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": {"command-line": line},
+        }));
+        r.as_str().unwrap_or_default().to_owned()
     }
 }
 
