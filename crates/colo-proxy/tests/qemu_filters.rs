@@ -228,20 +228,11 @@ fn diverging_pair() -> (Frame, Frame) {
 /// `colo-proxy compare` listening on `pri.sock`, `sec.sock`, `out.sock` and the
 /// control socket `ctl.sock`, with its control socket connected.
 fn start_compare(vnet: bool) -> (Proxy, Control) {
-    let mut args = vec![
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ];
+    let mut extra = vec!["--control", "unix:{dir}/ctl.sock"];
     if vnet {
-        args.push("--vnet-hdr-support");
+        extra.push("--vnet-hdr-support");
     }
-    let mut proxy = Proxy::start(&args);
+    let mut proxy = Proxy::start_compare(&extra);
     wait_for_paths(
         &mut proxy,
         &["pri.sock", "sec.sock", "out.sock", "ctl.sock"],
@@ -432,6 +423,34 @@ fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) ->
     )
 }
 
+/// `colo-proxy rewrite` listening on `to_in.sock`, `to_out.sock`, `from_in.sock` and
+/// the control socket `ctl.sock`; its from-secondary-out is `from_secondary_out`
+/// (`{dir}` is its directory). Returns it with its control socket connected.
+fn start_rewrite(vnet: bool, from_secondary_out: &str) -> (Proxy, Control) {
+    let mut args = vec![
+        "--to-secondary-in",
+        "unix:{dir}/to_in.sock",
+        "--to-secondary-out",
+        "unix:{dir}/to_out.sock",
+        "--from-secondary-in",
+        "unix:{dir}/from_in.sock",
+        "--from-secondary-out",
+        from_secondary_out,
+        "--control",
+        "unix:{dir}/ctl.sock",
+    ];
+    if vnet {
+        args.push("--vnet-hdr-support");
+    }
+    let mut proxy = Proxy::start_role("rewrite", &args);
+    wait_for_paths(
+        &mut proxy,
+        &["to_in.sock", "to_out.sock", "from_in.sock", "ctl.sock"],
+    );
+    let ctl = Control::new(proxy.connect("ctl.sock"));
+    (proxy, ctl)
+}
+
 /// (3) The secondary host with `colo-proxy rewrite` in place of filter-rewriter:
 /// the primary's `filter-mirror` (client traffic, `queue=tx` on `hn0`) feeds
 /// to-secondary-in, `f1` (`queue=tx` indev on `hn1`) takes to-secondary-out to the
@@ -443,33 +462,7 @@ fn rewrite_between_redirectors(vnet: bool) {
     let Some(bin) = qemu_with_stream_netdev() else {
         return;
     };
-    let mut args = vec![
-        "--to-secondary-in",
-        "unix:{dir}/to_in.sock",
-        "--to-secondary-out",
-        "unix:{dir}/to_out.sock",
-        "--from-secondary-in",
-        "unix:{dir}/from_in.sock",
-        "--from-secondary-out",
-        "unix:{dir}/from_out.sock",
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ];
-    if vnet {
-        args.push("--vnet-hdr-support");
-    }
-    let mut proxy = Proxy::start_role("rewrite", &args);
-    wait_for_paths(
-        &mut proxy,
-        &[
-            "to_in.sock",
-            "to_out.sock",
-            "from_in.sock",
-            "from_out.sock",
-            "ctl.sock",
-        ],
-    );
-    let mut ctl = Control::new(proxy.connect("ctl.sock"));
+    let (mut proxy, mut ctl) = start_rewrite(vnet, "unix:{dir}/from_out.sock");
     let mut from_out = proxy.connect("from_out.sock");
     let v = vnet_opt(vnet);
     let mut lab = Lab::start(
@@ -579,27 +572,7 @@ fn full_pair_through_qemu_filters(vnet: bool) {
     };
     let (mut compare, mut compare_ctl) = start_compare(vnet);
     let to_compare = format!("unix:{},connect", compare.path("sec.sock").display());
-    let mut args = vec![
-        "--to-secondary-in",
-        "unix:{dir}/to_in.sock",
-        "--to-secondary-out",
-        "unix:{dir}/to_out.sock",
-        "--from-secondary-in",
-        "unix:{dir}/from_in.sock",
-        "--from-secondary-out",
-        &to_compare,
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ];
-    if vnet {
-        args.push("--vnet-hdr-support");
-    }
-    let mut rewrite = Proxy::start_role("rewrite", &args);
-    wait_for_paths(
-        &mut rewrite,
-        &["to_in.sock", "to_out.sock", "from_in.sock", "ctl.sock"],
-    );
-    let mut rewrite_ctl = Control::new(rewrite.connect("ctl.sock"));
+    let (mut rewrite, mut rewrite_ctl) = start_rewrite(vnet, &to_compare);
     let v = vnet_opt(vnet);
     let mut lab = Lab::start(
         &bin,
