@@ -13,56 +13,10 @@ mod common;
 
 use std::io::Write as _;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use colo_core::sim::{FlowAddrs, Towards, udp_frame};
-use common::{Proxy, read_for, traffic, wire, write_split};
-
-const QEMU: &str = "qemu-system-x86_64";
-
-fn qemu_path() -> Option<String> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {QEMU}")])
-        .output()
-        .ok()?;
-    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !path.is_empty()).then_some(path)
-}
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn accept(l: &UnixListener, what: &str, qemu: &mut Qemu, log: &Path) -> UnixStream {
-    l.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("accept {what}: {e}"),
-        }
-        if let Ok(Some(st)) = qemu.0.try_wait() {
-            panic!(
-                "QEMU exited ({st}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "QEMU never connected {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{Proxy, QEMU, Qemu, qemu_path, read_for, traffic, wire, write_split};
 
 /// Feed `bytes` to the primary and `sec_bytes` to the secondary, and collect outdev
 /// until `want` bytes came (or 10 s passed), plus a short quiet period.
@@ -116,45 +70,17 @@ fn through_qemu(
             path(&format!("{id}.sock")).display()
         )
     };
-    let mut qemu = Qemu(
-        Command::new(qemu_bin)
-            .args([
-                "-M",
-                "none",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-serial",
-                "none",
-            ])
-            .args(["-object", "iothread,id=iot0"])
-            .args([
-                "-chardev",
-                &chardev("pri"),
-                "-chardev",
-                &chardev("sec"),
-                "-chardev",
-                &chardev("out"),
-            ])
-            .args(["-object", &cc])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start QEMU"),
-    );
-    let mut pri = accept(&lp, "primary_in", &mut qemu, &log);
-    let mut sec = accept(&ls, "secondary_in", &mut qemu, &log);
-    let mut out = accept(&lo, "outdev", &mut qemu, &log);
-    let got = feed_and_collect(&mut pri, &mut sec, &mut out, bytes, sec_bytes, want);
-    if let Ok(Some(st)) = qemu.0.try_wait() {
-        panic!(
-            "QEMU exited ({st}): {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+    let mut args: Vec<String> = vec!["-object".into(), "iothread,id=iot0".into()];
+    for id in ["pri", "sec", "out"] {
+        args.extend(["-chardev".into(), chardev(id)]);
     }
+    args.extend(["-object".into(), cc]);
+    let mut qemu = Qemu::start(qemu_bin, &args, log);
+    let mut pri = qemu.accept(&lp, "primary_in");
+    let mut sec = qemu.accept(&ls, "secondary_in");
+    let mut out = qemu.accept(&lo, "outdev");
+    let got = feed_and_collect(&mut pri, &mut sec, &mut out, bytes, sec_bytes, want);
+    qemu.assert_running();
     got
 }
 

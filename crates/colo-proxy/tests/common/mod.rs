@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -512,5 +512,197 @@ impl FramedPeer {
             self.fill(Duration::from_millis(20));
         }
         self.ready.is_empty()
+    }
+}
+
+/// The QEMU binary the wire-compatibility tests run (Debian's `qemu-system-x86`).
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Where `qemu-system-x86_64` is, if it is installed.
+pub fn qemu_path() -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {QEMU}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+/// A standalone QEMU (`-M none`, no guest, no display), killed on drop; its stderr
+/// goes to `log`.
+pub struct Qemu {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Qemu {
+    /// Start `bin -M none -nodefaults ... ARGS`.
+    pub fn start(bin: &str, args: &[String], log: PathBuf) -> Self {
+        let child = Command::new(bin)
+            .args(["-M", "none", "-nodefaults", "-display", "none"])
+            .args(["-monitor", "none", "-serial", "none"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("QEMU log file"))
+            .spawn()
+            .expect("start QEMU");
+        Self { child, log }
+    }
+
+    /// QEMU's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panic with QEMU's log if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("QEMU exited ({st}): {}", self.log_text());
+        }
+    }
+
+    /// Accept QEMU's connection on `l` (a socket chardev or a stream netdev in
+    /// client mode); waits up to 20 s, watching that QEMU is still running.
+    pub fn accept(&mut self, l: &UnixListener, what: &str) -> UnixStream {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    return s;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept {what}: {e}"),
+            }
+            self.assert_running();
+            assert!(Instant::now() < deadline, "QEMU never connected {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until QEMU's main loop runs and every stream netdev in `netdevs` (id and
+    /// socket path, client mode) has its connection up: a client stream netdev
+    /// starts with its link down and silently drops what the hub delivers until the
+    /// main loop has handled the connect, which can come after QMP answers. Polls
+    /// `info network` over QMP (QEMU started with `-qmp unix:PATH,server=on,wait=off`)
+    /// until each netdev shows its peer's address instead of "connecting".
+    pub fn wait_ready(&mut self, qmp: &Path, netdevs: &[(&str, PathBuf)]) {
+        let mut qmp = Qmp::connect(self, qmp);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = qmp.hmp("info network");
+            let up = |(id, path): &(&str, PathBuf)| {
+                let want = format!("{id}: index=0,type=stream,unix:{}", path.display());
+                info.lines().any(|l| l.trim().ends_with(&want))
+            };
+            if netdevs.iter().all(up) {
+                return;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "stream netdevs never connected: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A QMP client (line-delimited JSON; events skipped).
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connect to QEMU's QMP socket `path` (waits for it), read the greeting and
+    /// leave capabilities negotiation.
+    pub fn connect(qemu: &mut Qemu, path: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                break s;
+            }
+            qemu.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "QEMU's QMP socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut qmp = Self {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        };
+        // QEMU 7.2 may send events (NETDEV_STREAM_CONNECTED) ahead of the greeting.
+        loop {
+            let v = qmp.next();
+            if v.get("QMP").is_some() {
+                break;
+            }
+            assert!(v.get("event").is_some(), "not a QMP greeting: {v}");
+        }
+        qmp.execute(&serde_json::json!({"execute": "qmp_capabilities"}));
+        qmp
+    }
+
+    fn next(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("QMP read");
+        assert!(n > 0, "QMP closed");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
+    }
+
+    /// Run a command; its `return` value (panics on an error reply).
+    pub fn execute(&mut self, cmd: &Value) -> Value {
+        writeln!(self.writer, "{cmd}").unwrap();
+        loop {
+            let mut v = self.next();
+            if let Some(r) = v.get_mut("return") {
+                return r.take();
+            }
+            assert!(v.get("error").is_none(), "QMP {cmd}: {v}");
+        }
+    }
+
+    /// Run a human monitor command; its text output.
+    pub fn hmp(&mut self, line: &str) -> String {
+        let r = self.execute(&serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": {"command-line": line},
+        }));
+        r.as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until each of `paths` exists (a daemon's listening sockets), panicking with
+/// the proxy's log after 10 s.
+pub fn wait_for_paths(proxy: &mut Proxy, paths: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for name in paths {
+        while !proxy.path(name).exists() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("colo-proxy exited early ({status}):\n{}", proxy.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never appeared:\n{}",
+                proxy.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
