@@ -24,7 +24,7 @@ use super::endpoint::Source;
 pub const CHANNEL_BATCHES: usize = 64;
 /// Most frames in one batch.
 pub const BATCH_FRAMES: usize = 1024;
-/// Bytes asked for per read.
+/// Bytes asked for per read (read straight into the decoder's buffer, no copy).
 pub const READ_BUF: usize = 256 * 1024;
 
 /// Read frames from `source`, connection after connection, and send them to the
@@ -36,7 +36,6 @@ where
     W: Fn(Vec<Frame>) -> E + Send + 'static,
 {
     let role = source.role;
-    let mut buf = vec![0u8; READ_BUF];
     loop {
         let mut io = source.next().await;
         if !PeerChange::announce(&tx, role, true).await {
@@ -44,15 +43,14 @@ where
         }
         let mut dec = FrameDecoder::new(config);
         let why = 'conn: loop {
-            let n = match io.read(&mut buf).await {
+            match io.read_buf(dec.read_buffer(READ_BUF)).await {
                 Ok(0) => match dec.finish() {
                     Ok(()) => break 'conn "closed by peer".to_owned(),
                     Err(e) => break 'conn format!("closed by peer: {e}"),
                 },
-                Ok(n) => n,
+                Ok(_) => {}
                 Err(e) => break 'conn e.to_string(),
-            };
-            dec.push(&buf[..n]);
+            }
             let mut batch = Vec::new();
             let framing = loop {
                 match dec.poll_frame() {
