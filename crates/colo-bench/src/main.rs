@@ -188,6 +188,7 @@ fn run(args: &Args) -> anyhow::Result<(Value, bool)> {
         (None, None) => Some(Instant::now() + Duration::from_secs(5)),
     };
     let before = args.proxy_pid.and_then(procstat::sample);
+    let own_before = procstat::sample(std::process::id());
     let mut scale_steps = None;
     let mut rep = if args.scale.is_empty() && args.mode == Mode::ClosedLoop {
         closed_loop::run(
@@ -246,10 +247,18 @@ fn run(args: &Args) -> anyhow::Result<(Value, bool)> {
         }),
         _ => Value::Null,
     };
+    let own = match (own_before, procstat::sample(std::process::id())) {
+        (Some(b), Some(a)) => json!(a.cpu_ns.saturating_sub(b.cpu_ns) / rep.released.max(1)),
+        _ => Value::Null,
+    };
     let ok = rep.ok();
     let mut v = report::summary(&mut rep, args.frame_size, args.load_json(), proxy);
-    if let (Some(steps), Some(m)) = (scale_steps, v.as_object_mut()) {
-        m.insert("scale".into(), Value::Array(steps));
+    if let Some(m) = v.as_object_mut() {
+        // The generator's own CPU per released frame: it shares the machine.
+        m.insert("bench_cpu_ns_per_frame".into(), own);
+        if let Some(steps) = scale_steps {
+            m.insert("scale".into(), Value::Array(steps));
+        }
     }
     Ok((v, ok))
 }
