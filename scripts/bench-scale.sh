@@ -17,6 +17,7 @@ cargo build --release -q -p colo-proxy -p colo-bench
 PROXY=${4:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 DIR=$(mktemp -d)
 PID=
 cleanup() {

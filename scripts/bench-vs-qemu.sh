@@ -15,7 +15,8 @@
 # --quick: 1 round of 1 s each, for a smoke run (about a minute).
 # --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
 # --against: compare with another colo-proxy build instead of QEMU (before/after
-# figures of an optimisation); its column is still labelled QEMU/Q.
+# figures of an optimisation); its column is still labelled QEMU/Q. The environment
+# variable PROXY picks the colo-proxy binary under test (default the release build).
 set -euo pipefail
 ROUNDS=5
 SECS=3
@@ -47,7 +48,7 @@ if [ -z "$AGAINST" ] && ! command -v qemu-system-x86_64 >/dev/null; then
     fi
 fi
 cargo build --release -q -p colo-proxy -p colo-bench
-PROXY=target/release/colo-proxy
+PROXY=${PROXY:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
