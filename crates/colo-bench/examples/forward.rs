@@ -22,7 +22,11 @@ fn main() -> std::io::Result<()> {
         let _ = std::fs::remove_file(&p);
         UnixListener::bind(p)
     };
-    let (lp, ls, lo) = (listen("pri.sock")?, listen("sec.sock")?, listen("out.sock")?);
+    let (lp, ls, lo) = (
+        listen("pri.sock")?,
+        listen("sec.sock")?,
+        listen("out.sock")?,
+    );
     // colo-bench connects outdev first, then primary_in, then secondary_in.
     let (mut out, _) = lo.accept()?;
     let (mut pri, _) = lp.accept()?;

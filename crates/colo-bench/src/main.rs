@@ -96,6 +96,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     sec_split: u32,
+    /// Closed loop: spin on a non-blocking outdev instead of sleeping in `read`, to
+    /// take the generator's own wake-up out of the latency (uses a whole core).
+    #[arg(long)]
+    busy_poll: bool,
     /// Stop after sending this many frames.
     #[arg(long, value_name = "N", conflicts_with = "seconds")]
     frames: Option<u64>,
@@ -160,6 +164,7 @@ impl Args {
             "window": if self.mode == Mode::ClosedLoop { 1 } else { self.window },
             "sec_split": self.sec_split,
             "vnet_hdr": self.vnet_hdr,
+            "busy_poll": self.busy_poll,
         })
     }
 }
@@ -194,11 +199,14 @@ fn run(args: &Args) -> anyhow::Result<(Value, bool)> {
         closed_loop::run(
             conns,
             &set,
-            args.sec_split,
-            args.vnet_hdr,
-            limit,
-            until,
-            drain,
+            closed_loop::Settings {
+                split: args.sec_split,
+                vnet: args.vnet_hdr,
+                frames: limit,
+                until,
+                drain_timeout: drain,
+                busy_poll: args.busy_poll,
+            },
         )
     } else {
         let shared = Shared::new(set.len());
