@@ -15,7 +15,8 @@
 # --quick: 1 round of 1 s each, for a smoke run (about a minute).
 # --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
 # --against: compare with another colo-proxy build instead of QEMU (before/after
-# figures of an optimisation); its column is still labelled QEMU/Q.
+# figures of an optimisation); its column is still labelled QEMU/Q. The environment
+# variable PROXY picks the colo-proxy binary under test (default the release build).
 set -euo pipefail
 ROUNDS=5
 SECS=3
@@ -47,7 +48,7 @@ if [ -z "$AGAINST" ] && ! command -v qemu-system-x86_64 >/dev/null; then
     fi
 fi
 cargo build --release -q -p colo-proxy -p colo-bench
-PROXY=target/release/colo-proxy
+PROXY=${PROXY:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -146,7 +147,8 @@ def errs(m):
     detail = ", ".join(f"{v} {k}" for k, v in m["kinds"].items() if v)
     return f"{m['err']} ({detail})" if detail else str(m["err"])
 hdr = ("| proto | size | flows | mode | QEMU frames/s | colo-proxy frames/s | ratio | colo Gbit/s "
-       "| p50 µs Q / c | p99 µs Q / c | p99.9 µs Q / c | CPU ns/frame Q / c | errors Q / c | runs |")
+       "| p50 µs Q / c | p99 µs Q / c | p99.9 µs Q / c | CPU ns/frame Q / c | bench CPU ns/frame Q / c "
+       "| errors Q / c | runs |")
 print(hdr)
 print("|" + "---|" * (hdr.count("|") - 1))
 for cfg in configs:
@@ -162,6 +164,7 @@ for cfg in configs:
             p99=med([r["latency_us"]["p99"] for r in rs]),
             p999=med([r["latency_us"]["p99_9"] for r in rs]),
             cpu=med([cpu(r) for r in rs]),
+            bcpu=med([r.get("bench_cpu_ns_per_frame") for r in rs]),
             err=sum(r["errors"] for r in rs),
             kinds={k: sum(r.get("error_kinds", {}).get(k, 0) for r in rs)
                    for k in ("reordered", "lost", "corrupt", "duplicate")},
@@ -172,8 +175,10 @@ for cfg in configs:
           f"**{ratio(c['fps'], q['fps']):.1f}×** | {c['gb']:.2f} | "
           f"{q['p50']:.1f} / {c['p50']:.1f} | {q['p99']:.1f} / {c['p99']:.1f} | "
           f"{q['p999']:.1f} / {c['p999']:.1f} | {q['cpu']:,.0f} / {c['cpu']:,.0f} | "
+          f"{q['bcpu']:,.0f} / {c['bcpu']:,.0f} | "
           f"{errs(q)} / {errs(c)} | {q['n']} / {c['n']} |")
 print(f"\n(medians of {rounds} rounds; ratio = colo-proxy / QEMU frames/s; Q = QEMU, "
       f"c = colo-proxy; CPU = the proxy process's user+system time per released frame; "
+      f"bench CPU = colo-bench's own; "
       f"errors summed over the rounds; JSON in {out})")
 PY

@@ -70,6 +70,14 @@ impl Stream {
         }
     }
 
+    /// Switches non-blocking mode on or off.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.set_nonblocking(on),
+            Self::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// Sets the write timeout (a proxy that stops reading makes writes fail).
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {

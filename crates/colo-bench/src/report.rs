@@ -143,6 +143,10 @@ pub fn print_text(v: &Value) {
         l["p99"].as_f64().unwrap_or(f64::NAN),
         l["p99_9"].as_f64().unwrap_or(f64::NAN)
     );
+    println!(
+        "colo-bench itself: {} ns CPU per frame",
+        v["bench_cpu_ns_per_frame"]
+    );
     if let Some(p) = v["proxy"].as_object() {
         println!(
             "proxy: {} ns CPU per frame, RSS {} KiB",
@@ -156,14 +160,15 @@ pub fn print_text(v: &Value) {
             "rows", "frames", "frames/s", "cpu ns/frm", "rss KiB", "B/row"
         );
         for s in steps {
+            let t = |k: &str| s[k].to_string();
             println!(
                 "{:>9} {:>10} {:>11.0} {:>12} {:>10} {:>12}",
-                s["rows"],
-                s["frames"],
+                t("rows"),
+                t("frames"),
                 s["frames_per_sec"].as_f64().unwrap_or(f64::NAN),
-                s["proxy_cpu_ns_per_frame"],
-                s["proxy_rss_kib"],
-                s["proxy_bytes_per_row"]
+                t("proxy_cpu_ns_per_frame"),
+                t("proxy_rss_kib"),
+                t("proxy_bytes_per_row")
             );
         }
     }

@@ -197,3 +197,14 @@ fn scale_mode_reports_every_step() {
     // Each step sends its new rows once, then 5000 frames.
     assert_eq!(v["sent"], 5000 + 3 * 5000, "{v}");
 }
+
+#[test]
+fn closed_loop_busy_poll_vnet() {
+    let v = run(&Case {
+        vnet: true,
+        extra: &["--mode", "closed-loop", "--busy-poll"],
+        ..Case::default()
+    });
+    assert_eq!(v["busy_poll"], true, "{v}");
+    assert_eq!(v["released"], 3000, "{v}");
+}

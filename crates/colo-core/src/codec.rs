@@ -211,6 +211,20 @@ impl FrameDecoder {
         }
     }
 
+    /// The decoder's own buffer with at least `min_free` bytes of spare capacity, to
+    /// read transport bytes straight into (e.g. with tokio's `read_buf`) instead of
+    /// copying them in with [`push`](Self::push). Only append to it, then call
+    /// [`poll_frame`](Self::poll_frame) as after a `push`. While the decoder is
+    /// poisoned the buffer is emptied on every call, so what is appended then is
+    /// dropped, as `push` would ignore it.
+    pub fn read_buffer(&mut self, min_free: usize) -> &mut BytesMut {
+        if self.poisoned.is_some() {
+            self.buf = BytesMut::new();
+        }
+        self.buf.reserve(min_free);
+        &mut self.buf
+    }
+
     /// The next complete frame, `Ok(None)` if more input is needed, or the error that
     /// poisoned the stream (returned again on every call until [`reset`](Self::reset)).
     ///
@@ -406,6 +420,24 @@ mod tests {
             out.push(f);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn read_buffer_has_room_and_is_emptied_while_poisoned() {
+        let mut dec = FrameDecoder::new(cfg(false));
+        let b = dec.read_buffer(1000);
+        assert!(b.capacity() - b.len() >= 1000);
+        b.extend_from_slice(&[0, 0, 0, 2, 7, 8, 0, 0]);
+        assert_eq!(drain(&mut dec).unwrap().len(), 1);
+        dec.read_buffer(10).extend_from_slice(&[0, 0]);
+        // A zero length prefix poisons the decoder.
+        assert!(dec.poll_frame().is_err());
+        dec.read_buffer(10).extend_from_slice(&[1; 100]);
+        assert!(dec.read_buffer(10).is_empty());
+        assert!(dec.poll_frame().is_err());
+        dec.reset();
+        dec.read_buffer(10).extend_from_slice(&[0, 0, 0, 1, 9]);
+        assert_eq!(drain(&mut dec).unwrap()[0].data[..], [9]);
     }
 
     #[test]
@@ -742,8 +774,13 @@ mod tests {
 
             let mut dec = FrameDecoder::new(DecoderConfig { max_frame_len: 300, vnet_hdr: vnet });
             let mut got = Vec::new();
-            for w in points.windows(2) {
-                dec.push(&wire[w[0]..w[1]]);
+            for (i, w) in points.windows(2).enumerate() {
+                // Both ways in: a copy with push, or appended to read_buffer.
+                if i % 2 == 0 {
+                    dec.push(&wire[w[0]..w[1]]);
+                } else {
+                    dec.read_buffer(16).extend_from_slice(&wire[w[0]..w[1]]);
+                }
                 got.extend(drain(&mut dec).unwrap());
             }
             prop_assert_eq!(got, frames);

@@ -183,14 +183,13 @@ impl Port {
         let role = self.role;
         match self.kind {
             Kind::Stream(mut source) => loop {
-                let mut buf = vec![0u8; crate::shell::input::READ_BUF];
                 let io = source.next().await;
                 if !PeerChange::announce(&tx, role, true).await {
                     return;
                 }
                 let (rd, mut wr) = tokio::io::split(io);
                 let why = tokio::select! {
-                    why = read_frames(rd, role, decoder, &mut buf, &tx, &wrap) => why,
+                    why = read_frames(rd, role, decoder, &tx, &wrap) => why,
                     why = write_queued(&mut wr, &queue) => Some(why),
                 };
                 let Some(why) = why else { return };

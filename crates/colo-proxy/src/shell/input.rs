@@ -24,7 +24,7 @@ use super::endpoint::Source;
 pub const CHANNEL_BATCHES: usize = 64;
 /// Most frames in one batch.
 pub const BATCH_FRAMES: usize = 1024;
-/// Bytes asked for per read.
+/// Bytes asked for per read (read straight into the decoder's buffer, no copy).
 pub const READ_BUF: usize = 256 * 1024;
 
 /// Read frames from `source`, connection after connection, and send them to the
@@ -36,13 +36,12 @@ where
     W: Fn(Vec<Frame>) -> E + Send + 'static,
 {
     let role = source.role;
-    let mut buf = vec![0u8; READ_BUF];
     loop {
         let io = source.next().await;
         if !PeerChange::announce(&tx, role, true).await {
             return;
         }
-        let Some(why) = read_frames(io, role, config, &mut buf, &tx, &wrap).await else {
+        let Some(why) = read_frames(io, role, config, &tx, &wrap).await else {
             return;
         };
         tracing::info!(role, reason = %why, "disconnected");
@@ -52,15 +51,14 @@ where
     }
 }
 
-/// Read QEMU-framed frames from one connection until it ends, into `buf` (its length
-/// is the most asked for per read), sending them to the driver as `wrap(batch)`, a
-/// batch per read (in order). Returns why the connection ended, or `None` when the
+/// Read QEMU-framed frames from one connection until it ends (straight into the
+/// decoder's buffer, [`READ_BUF`] at most per read), sending them to the driver as
+/// `wrap(batch)`, a batch per read (in order). Returns why the connection ended, or `None` when the
 /// driver is gone.
 pub async fn read_frames<R, E, W>(
     mut io: R,
     role: &'static str,
     config: DecoderConfig,
-    buf: &mut [u8],
     tx: &mpsc::Sender<E>,
     wrap: &W,
 ) -> Option<String>
@@ -70,17 +68,16 @@ where
 {
     let mut dec = FrameDecoder::new(config);
     loop {
-        let n = match io.read(buf).await {
+        match io.read_buf(dec.read_buffer(READ_BUF)).await {
             Ok(0) => {
                 return Some(match dec.finish() {
                     Ok(()) => "closed by peer".to_owned(),
                     Err(e) => format!("closed by peer: {e}"),
                 });
             }
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) => return Some(e.to_string()),
-        };
-        dec.push(&buf[..n]);
+        }
         let mut batch = Vec::new();
         let framing = loop {
             match dec.poll_frame() {
