@@ -118,6 +118,10 @@ pub struct CompareArgs {
     /// it released frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub outdev_buffer: u64,
+
+    /// The QMP checkpoint driver (`--qmp-primary`, `--qmp-secondary`, ...).
+    #[command(flatten)]
+    pub qmp: crate::qmp::QmpArgs,
 }
 
 impl CompareArgs {

@@ -8,6 +8,7 @@ mod compare;
 mod ctl;
 mod demo;
 mod logging;
+mod qmp;
 mod replay;
 mod rewrite;
 mod shell;

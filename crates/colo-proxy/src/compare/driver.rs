@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
+use crate::qmp::{FailoverCause, QmpAction, QmpLink, Vm};
 use crate::shell::control::{Command, Request, event_line};
 use crate::shell::outq::OutQueue;
 use crate::shell::{Clock, PeerChange};
@@ -46,6 +47,8 @@ pub struct Driver {
     pub checkpoint_done_by: [u64; 2],
     /// Which endpoint roles have a peer now.
     pub peers: Vec<(&'static str, bool)>,
+    /// The QMP checkpoint driver, when `--qmp-primary`/`--qmp-secondary` are given.
+    pub qmp: Option<QmpLink>,
 }
 
 impl Driver {
@@ -71,7 +74,12 @@ impl Driver {
     ) {
         tokio::pin!(shutdown);
         loop {
-            let deadline = self.engine.poll_timeout().map(|t| self.to_tokio(t));
+            let qmp_deadline = self.qmp.as_ref().and_then(|q| q.machine.poll_timeout());
+            let deadline = match (self.engine.poll_timeout(), qmp_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| self.to_tokio(t));
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| {
                 tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
             }));
@@ -88,6 +96,9 @@ impl Driver {
                 () = sleep, if deadline.is_some() => {
                     let now = self.now();
                     self.engine.handle_timeout(now);
+                    if let Some(q) = &mut self.qmp {
+                        q.machine.handle_timeout(now);
+                    }
                 }
                 ev = inputs.recv() => {
                     let Some(ev) = ev else { break };
@@ -102,6 +113,9 @@ impl Driver {
                 }
             }
             self.drain();
+            while self.qmp_actions(&mut inputs) {
+                self.drain();
+            }
         }
         self.shutdown().await;
     }
@@ -152,6 +166,72 @@ impl Driver {
                 self.checkpoint_done("notify-dev");
             }
             Event::NotifyUnknown => self.notify_unknown += 1,
+            Event::Qmp(vm, input) => {
+                let now = self.now();
+                if let Some(q) = &mut self.qmp {
+                    q.machine.handle_input(now, vm, input);
+                }
+            }
+        }
+    }
+
+    /// Carry out what the QMP checkpoint driver asked for. Returns whether it did
+    /// anything (the engine may then have output to drain).
+    fn qmp_actions(&mut self, inputs: &mut mpsc::Receiver<Event>) -> bool {
+        let mut any = false;
+        loop {
+            let Some(action) = self.qmp.as_mut().and_then(|q| q.machine.poll_action()) else {
+                return any;
+            };
+            any = true;
+            match action {
+                QmpAction::Send { vm, command } => {
+                    if let Some(q) = &mut self.qmp {
+                        q.send(vm, command);
+                    }
+                }
+                QmpAction::CheckpointDone { pass, requested } => {
+                    // QMP and the data sockets are separate channels: take every frame
+                    // the readers already delivered (sent before the VMs stopped)
+                    // before the flush.
+                    while let Ok(ev) = inputs.try_recv() {
+                        self.handle_event(ev);
+                    }
+                    self.checkpoint_done("qmp");
+                    let mut f = Map::new();
+                    f.insert("epoch".into(), json!(self.engine.epoch()));
+                    f.insert("pass".into(), json!(pass));
+                    f.insert("requested".into(), json!(requested));
+                    self.event(f, "checkpoint-done");
+                }
+                QmpAction::Failover { survivor, cause } => {
+                    self.enter_failover(survivor, cause);
+                }
+            }
+        }
+    }
+
+    /// Stop comparing for good: the survivor carries on alone.
+    fn enter_failover(&mut self, survivor: Vm, cause: FailoverCause) {
+        if self.failed_over {
+            return;
+        }
+        self.failed_over = true;
+        let held = self.engine.stats().held_frames;
+        self.engine.set_pass_through(true);
+        tracing::warn!(
+            survivor = survivor.as_str(),
+            cause = cause.as_str(),
+            released_held = held,
+            "failover: no more comparing, output passes through"
+        );
+        let mut f = Map::new();
+        f.insert("survivor".into(), json!(survivor.as_str()));
+        f.insert("cause".into(), json!(cause.as_str()));
+        f.insert("released_held".into(), json!(held));
+        self.event(f, "failover");
+        if let Some(q) = &self.qmp {
+            q.run_failover_hook(survivor, cause);
         }
     }
 
@@ -195,6 +275,14 @@ impl Driver {
                 self.checkpoint_done_by[0] += 1;
                 self.checkpoint_done("control");
                 m.insert("epoch".into(), json!(self.engine.epoch()));
+            }
+            Command::Failover if self.qmp.is_some() => {
+                let now = self.now();
+                let held = self.engine.stats().held_frames;
+                let survivor = self.qmp.as_mut().map(|q| q.machine.failover(now));
+                m.insert("survivor".into(), json!(survivor.map(Vm::as_str)));
+                m.insert("released_held".into(), json!(held));
+                m.insert("mode".into(), json!("pass-through"));
             }
             Command::Failover => {
                 self.failed_over = true;
@@ -244,6 +332,7 @@ impl Driver {
                        "dropped_frames": out.dropped_frames, "dropped_bytes": out.dropped_bytes},
             "notify_dev": {"unknown": self.notify_unknown},
             "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
+            "qmp": self.qmp.as_ref().map_or(Value::Null, |q| q.stats_json(self.now())),
         })
     }
 
@@ -283,6 +372,10 @@ impl Driver {
                     if let Some(tx) = &self.notify {
                         // Full means DO_CHECKPOINTs are already waiting: one more adds nothing.
                         let _ = tx.try_send(());
+                    }
+                    let now = self.now();
+                    if let Some(q) = &mut self.qmp {
+                        q.machine.request_checkpoint(now);
                     }
                 }
                 Output::LimitReached {

@@ -27,6 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::CompareArgs;
+use crate::qmp::{QmpInput, QmpLink, Vm};
 
 use self::driver::Driver;
 use crate::shell::endpoint::{Source, UnixServer};
@@ -44,6 +45,14 @@ pub enum Event {
     NotifyCheckpointDone,
     /// The Xen notify peer sent a message we do not know.
     NotifyUnknown,
+    /// A QMP monitor said something (the checkpoint driver, `--qmp-*`).
+    Qmp(Vm, QmpInput),
+}
+
+impl From<(Vm, QmpInput)> for Event {
+    fn from((vm, input): (Vm, QmpInput)) -> Self {
+        Self::Qmp(vm, input)
+    }
 }
 
 impl From<PeerChange> for Event {
@@ -108,6 +117,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         tracing::info!(path = %args.control.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "control socket listening");
         tasks.spawn(control::serve(server, ctl_tx, events.clone()));
     }
+    let qmp = QmpLink::spawn(&args.qmp, &mut tasks, &in_tx);
     drop(in_tx);
 
     tracing::info!(
@@ -127,6 +137,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         failed_over: false,
         checkpoint_done_by: [0; 2],
         peers: Vec::new(),
+        qmp,
     };
     let shutdown = async move {
         tokio::select! {
