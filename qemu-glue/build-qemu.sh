@@ -3,7 +3,8 @@
 # COLO under TCG (qemu-glue/patches/, see qemu-glue/README.md), x86_64-softmmu only.
 # Result (cached, keyed by the Debian version and the patches' hash, idempotent):
 #   ${COLO_CACHE:-/var/cache/colo-proxy}/qemu-<key>/qemu-system-x86_64
-# Usage: qemu-glue/build-qemu.sh [--force]   Prints the binary's path on its last line.
+# Usage: qemu-glue/build-qemu.sh [--force | --cached]   Prints the binary's path on its
+# last line. --cached: only print it if this patch set is built (exit 3 if not).
 # Run the binary with -L /usr/share/qemu -L /usr/share/seabios -L /usr/lib/ipxe/qemu.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -13,12 +14,18 @@ export DEBIAN_FRONTEND=noninteractive
 apt_install() { apt-get install -y -qq -o DPkg::Lock::Timeout=600 "$@" >/dev/null; }
 
 patches=("$here"/patches/*.patch)
-phash="$(cat "${patches[@]}" "$0" | sha256sum | cut -c1-12)"
+configure_flags=(--target-list=x86_64-softmmu --without-default-features --enable-tcg
+                 --enable-replication --enable-trace-backends=log --disable-docs --disable-werror)
+# The cache key: the patches and the configure flags.
+phash="$( (cat "${patches[@]}"; echo "${configure_flags[*]}") | sha256sum | cut -c1-12)"
 # The link to the latest build for this patch set (the Debian version is resolved below).
 latest="$cache/qemu-latest-$phash"
 if [[ "${1:-}" != "--force" && -x "$latest/qemu-system-x86_64" ]]; then
   say "cached build is up to date: $(readlink -f "$latest") (patches $phash)"
   echo "$latest/qemu-system-x86_64"; exit 0
+fi
+if [[ "${1:-}" == "--cached" ]]; then
+  say "no build for patches $phash in $cache (run qemu-glue/build-qemu.sh)"; exit 3
 fi
 
 # Debian's source needs a deb-src line; add one for bookworm if none is configured.
@@ -78,9 +85,7 @@ for p in "${patches[@]}"; do
 done
 say "configuring (x86_64-softmmu, TCG, replication; about 5-6 min to build on 2 cores)"
 mkdir -p "$build/src/build"
-(cd "$build/src/build" && ../configure --target-list=x86_64-softmmu --without-default-features \
-   --enable-tcg --enable-replication --enable-trace-backends=log --disable-docs --disable-werror \
-   >"$build/configure.log" 2>&1) || { tail -30 "$build/configure.log" >&2; exit 1; }
+(cd "$build/src/build" && ../configure "${configure_flags[@]}" >"$build/configure.log" 2>&1) || { tail -30 "$build/configure.log" >&2; exit 1; }
 say "building with $(nproc) jobs"
 started=$(date +%s)
 ninja -C "$build/src/build" -j"$(nproc)" qemu-system-x86_64 >"$build/ninja.log" 2>&1 \
