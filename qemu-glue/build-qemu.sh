@@ -21,6 +21,7 @@ phash="$( (cat "${patches[@]}"; echo "${configure_flags[*]}") | sha256sum | cut 
 # The link to the latest build for this patch set (the Debian version is resolved below).
 latest="$cache/qemu-latest-$phash"
 if [[ "${1:-}" != "--force" && -x "$latest/qemu-system-x86_64" ]]; then
+  [[ "${1:-}" == "--cached" ]] || ln -sfn "$(readlink -f "$latest")" "$cache/qemu-latest"
   say "cached build is up to date: $(readlink -f "$latest") (patches $phash)"
   echo "$latest/qemu-system-x86_64"; exit 0
 fi
@@ -66,6 +67,7 @@ key="${upstream//[^A-Za-z0-9.]/_}-$phash"
 out="$cache/qemu-$key"
 if [[ "${1:-}" != "--force" && -x "$out/qemu-system-x86_64" ]]; then
   ln -sfn "$out" "$latest"
+  ln -sfn "$out" "$cache/qemu-latest"
   say "cached build is up to date: $out"
   echo "$latest/qemu-system-x86_64"; exit 0
 fi
@@ -96,5 +98,6 @@ cp "${patches[@]}" "$out.new/"
 echo "$version" > "$out.new/debian-version"
 rm -rf "$out" && mv "$out.new" "$out"
 ln -sfn "$out" "$latest"
+ln -sfn "$out" "$cache/qemu-latest"   # the last build, for libvirt's <emulator>
 say "built $out/qemu-system-x86_64 in $(( $(date +%s) - started ))s (Debian $version + patches $phash)"
 echo "$latest/qemu-system-x86_64"

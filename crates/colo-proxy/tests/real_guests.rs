@@ -382,3 +382,91 @@ fn colo_failover_when_the_primary_dies_mid_transfer() {
         pair.log("failover.log")
     );
 }
+
+#[test]
+fn libvirt_domains_validate_and_the_hook_runs_the_proxy() {
+    if !is_root() {
+        println!("SKIPPED: needs root (/run/colo-proxy)");
+        return;
+    }
+    if !have("virt-xml-validate") || !have("xmllint") || !have("python3") {
+        println!(
+            "SKIPPED: virt-xml-validate, xmllint or python3 not found (apt-get install libvirt-clients libxml2-utils)"
+        );
+        return;
+    }
+    let _turn = take_turn();
+    let dir = glue().join("libvirt");
+    for xml in ["colo-pvm.xml", "colo-svm.xml"] {
+        let out = Command::new("virt-xml-validate")
+            .arg(dir.join(xml))
+            .arg("domain")
+            .output()
+            .expect("virt-xml-validate");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("validates"),
+            "{xml}: {text}"
+        );
+    }
+    // The hook as libvirt calls it: prepare starts colo-proxy from the metadata,
+    // release stops it; a domain without a proxy role starts nothing.
+    let state = Path::new("/run/colo-proxy/colo-pvm");
+    let _ = std::fs::remove_dir_all(state);
+    let hook = |dom: &str, op: &str, xml: Option<&str>| {
+        let stdin = match xml {
+            Some(x) => Stdio::from(std::fs::File::open(dir.join(x)).unwrap()),
+            None => Stdio::null(),
+        };
+        let st = Command::new(dir.join("colo-proxy-hook"))
+            .args([dom, op, "begin", "-"])
+            .env("COLO_PROXY", env!("CARGO_BIN_EXE_colo-proxy"))
+            .stdin(stdin)
+            .status()
+            .expect("hook");
+        assert!(st.success(), "hook {dom} {op}: {st}");
+    };
+    hook("colo-pvm", "prepare", Some("colo-pvm.xml"));
+    let ctl = state.join("ctl.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+            .args(["ctl", "--control"])
+            .arg(&ctl)
+            .arg("stats")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook's colo-proxy never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(stats["stats"]["mode"], "compare", "{stats}");
+    assert!(
+        stats["stats"]["qmp"].is_object(),
+        "QMP driver configured from the metadata"
+    );
+    let pid = std::fs::read_to_string(state.join("proxy.pid")).unwrap();
+    hook("colo-pvm", "release", None);
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists()
+        && !std::fs::read_to_string(proc_dir.join("stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "colo-proxy still running after release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hook("colo-svm", "prepare", Some("colo-svm.xml"));
+    assert!(!Path::new("/run/colo-proxy/colo-svm/proxy.pid").exists());
+    let _ = std::fs::remove_dir_all("/run/colo-proxy");
+}
