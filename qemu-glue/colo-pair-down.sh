@@ -11,7 +11,7 @@ if [[ -f "$D/env" ]]; then
   source "$D/env"; NS="$COLO_NS"
 fi
 # The proxy first: with the VMs gone first it would fail over and run its hook.
-for name in proxy pvm svm; do
+for name in proxy proxy-sec pvm svm; do
   pidf="$D/$name.pid"
   [[ -f "$pidf" ]] || continue
   pid="$(cat "$pidf")"

@@ -14,6 +14,16 @@ source "$D/env"
 log() { echo "colo-pair-failover: $*" | tee -a "$D/failover.log"; }
 log "survivor ${COLO_SURVIVOR:-?} (cause ${COLO_FAILOVER_CAUSE:-?})"
 [[ "${COLO_SURVIVOR:-}" == secondary ]] || exit 0
+if [[ "${COLO_TOPOLOGY:-a}" == b ]]; then
+  # Topology (b): the secondary's proxy takes the client (its --client tap:tap-svm).
+  log "telling the secondary's colo-proxy to fail over"
+  "${COLO_PROXY_BIN:-colo-proxy}" ctl --control "$D/ctl-sec.sock" failover >/dev/null || log "ctl failover failed"
+  ip -n "$COLO_NS" addr flush dev tap-pvm 2>/dev/null || true
+  ip -n "$COLO_NS" addr add "$CLIENT_IP/24" dev tap-svm
+  ip -n "$COLO_NS" link set tap-svm up
+  log "done"
+  exit 0
+fi
 for _ in $(seq 100); do
   mode="$("$here/qmp.py" "$D/svm.qmp" query-colo-status 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["mode"])' || true)"
   [[ "$mode" == none ]] && break

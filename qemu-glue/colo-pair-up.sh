@@ -11,6 +11,10 @@
 #   COLO_MODE=colo               colo: live COLO (needs the patched QEMU);
 #                                independent: two guests booted apart, no migration
 #   COLO_COMPARE=proxy           proxy: colo-proxy compare; qemu: QEMU's colo-compare
+#   COLO_TOPOLOGY=a              a: QEMU's filters feed colo-proxy compare (above);
+#                                b: colo-proxy primary/secondary face the VMs through
+#                                stream netdevs, no QEMU filters (needs the primary and
+#                                secondary roles, branch roles; not run by the tests yet)
 #   COLO_QEMU=...                QEMU binary (default: build-qemu.sh's cached build in
 #                                colo mode, qemu-system-x86_64 otherwise)
 #   COLO_PROXY=...               colo-proxy binary (default: on PATH, else target/*/colo-proxy)
@@ -27,6 +31,7 @@ D="${COLO_DIR:-/run/colo-pair}"
 NS="${COLO_NS:-colo-pair}"
 MODE="${COLO_MODE:-colo}"
 COMPARE="${COLO_COMPARE:-proxy}"
+TOPOLOGY="${COLO_TOPOLOGY:-a}"
 DELAY="${COLO_CHECKPOINT_DELAY:-10000}"
 HEARTBEAT="${COLO_HEARTBEAT:-1000}"
 CLIENT_IP=10.77.0.1
@@ -41,6 +46,8 @@ qmp() { "$here/qmp.py" "$@"; }
 [[ -e /dev/net/tun ]] || die "no /dev/net/tun"
 case "$MODE" in colo|independent) ;; *) die "COLO_MODE is colo or independent, not $MODE" ;; esac
 case "$COMPARE" in proxy|qemu) ;; *) die "COLO_COMPARE is proxy or qemu, not $COMPARE" ;; esac
+case "$TOPOLOGY" in a|b) ;; *) die "COLO_TOPOLOGY is a or b, not $TOPOLOGY" ;; esac
+[[ "$TOPOLOGY" == a || "$COMPARE" == proxy ]] || die "topology b has no QEMU colo-compare"
 if [[ -e "$D/env" ]]; then die "$D/env exists: a pair is up (qemu-glue/colo-pair-down.sh first)"; fi
 
 if [[ -z "${COLO_QEMU:-}" ]]; then
@@ -69,7 +76,9 @@ COLO_DIR=$D
 COLO_NS=$NS
 COLO_MODE=$MODE
 COLO_COMPARE=$COMPARE
+COLO_TOPOLOGY=$TOPOLOGY
 COLO_QEMU=$COLO_QEMU
+COLO_PROXY_BIN=${COLO_PROXY:-}
 CLIENT_IP=$CLIENT_IP
 GUEST_IP=$GUEST_IP
 ENV
@@ -79,19 +88,29 @@ step "network namespace $NS (the client side)"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 
-if [[ "$COMPARE" == proxy ]]; then
+start_proxy() {  # name control-socket args...
+  local name=$1 ctl=$2; shift 2
+  step "$name: ip netns exec $NS $COLO_PROXY $*"
+  ip netns exec "$NS" "$COLO_PROXY" --log-level "${COLO_PROXY_LOG:-info}" "$@" > "$D/$name.log" 2>&1 &
+  echo $! > "$D/$name.pid"
+  for _ in $(seq 100); do [[ -S "$ctl" ]] && break; sleep 0.05; done
+  [[ -S "$ctl" ]] || die "$name did not start: $(tail -5 "$D/$name.log")"
+}
+qmp_args=(--qmp-primary "unix:$D/pvm-proxy.qmp" --qmp-secondary "unix:$D/svm-proxy.qmp"
+          --heartbeat-timeout "$HEARTBEAT" --on-failover "$here/colo-pair-failover.sh $D $PAIR_ID")
+if [[ "$TOPOLOGY" == b ]]; then
+  # Topology (b): the proxies own the client TAPs and face the VMs over stream netdevs.
+  # shellcheck disable=SC2206
+  start_proxy proxy "$D/ctl.sock" primary --client tap:tap-pvm --pvm "stream:unix:$D/pvm-net.sock" \
+    --link "unix:$D/link.sock" --control "unix:$D/ctl.sock" "${qmp_args[@]}" ${COLO_PROXY_ARGS:-}
+  start_proxy proxy-sec "$D/ctl-sec.sock" secondary --svm "stream:unix:$D/svm-net.sock" \
+    --link "unix:$D/link.sock,connect" --client tap:tap-svm --control "unix:$D/ctl-sec.sock"
+elif [[ "$COMPARE" == proxy ]]; then
   args=(compare --primary-in "unix:$D/pri-in.sock" --secondary-in "unix:$D/sec-in.sock"
-        --outdev "unix:$D/outdev.sock" --control "unix:$D/ctl.sock"
-        --qmp-primary "unix:$D/pvm-proxy.qmp" --qmp-secondary "unix:$D/svm-proxy.qmp"
-        --heartbeat-timeout "$HEARTBEAT"
-        --on-failover "$here/colo-pair-failover.sh $D $PAIR_ID")
+        --outdev "unix:$D/outdev.sock" --control "unix:$D/ctl.sock" "${qmp_args[@]}")
   # shellcheck disable=SC2206
   args+=(${COLO_PROXY_ARGS:-})
-  step "colo-proxy: $COLO_PROXY ${args[*]}"
-  "$COLO_PROXY" --log-level "${COLO_PROXY_LOG:-info}" "${args[@]}" > "$D/proxy.log" 2>&1 &
-  echo $! > "$D/proxy.pid"
-  for _ in $(seq 100); do [[ -S "$D/ctl.sock" ]] && break; sleep 0.05; done
-  [[ -S "$D/ctl.sock" ]] || die "colo-proxy did not start: $(tail -5 "$D/proxy.log")"
+  start_proxy proxy "$D/ctl.sock" "${args[@]}"
 fi
 
 common=(-accel tcg -m 256 -smp 1 -nodefaults -display none -no-reboot
@@ -101,8 +120,14 @@ common=(-accel tcg -m 256 -smp 1 -nodefaults -display none -no-reboot
         -device "virtio-net-pci,netdev=hn0,mac=$MAC,romfile=")
 
 pvm=(-name pvm -serial "file:$D/pvm.console"
-     -qmp "unix:$D/pvm.qmp,server=on,wait=off" -qmp "unix:$D/pvm-proxy.qmp,server=on,wait=off"
-     -netdev tap,id=hn0,ifname=tap-pvm,script=no,downscript=no,vhost=off,vnet_hdr=off
+     -qmp "unix:$D/pvm.qmp,server=on,wait=off" -qmp "unix:$D/pvm-proxy.qmp,server=on,wait=off")
+svm=(-name svm -serial "file:$D/svm.console"
+     -qmp "unix:$D/svm.qmp,server=on,wait=off" -qmp "unix:$D/svm-proxy.qmp,server=on,wait=off")
+if [[ "$TOPOLOGY" == b ]]; then
+  pvm+=(-netdev "stream,id=hn0,server=off,addr.type=unix,addr.path=$D/pvm-net.sock")
+  svm+=(-netdev "stream,id=hn0,server=off,addr.type=unix,addr.path=$D/svm-net.sock")
+else
+pvm+=(-netdev tap,id=hn0,ifname=tap-pvm,script=no,downscript=no,vhost=off,vnet_hdr=off
      -chardev "socket,id=mirror0,path=$D/mirror.sock,server=on,wait=off"
      -object filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0)
 if [[ "$COMPARE" == proxy ]]; then
@@ -121,14 +146,13 @@ else
         -object iothread,id=iothread1
         -object colo-compare,id=comp0,primary_in=compare0-0,secondary_in=compare1,outdev=compare_out0,iothread=iothread1)
 fi
-svm=(-name svm -serial "file:$D/svm.console"
-     -qmp "unix:$D/svm.qmp,server=on,wait=off" -qmp "unix:$D/svm-proxy.qmp,server=on,wait=off"
-     -netdev tap,id=hn0,ifname=tap-svm,script=no,downscript=no,vhost=off,vnet_hdr=off
+svm+=(-netdev tap,id=hn0,ifname=tap-svm,script=no,downscript=no,vhost=off,vnet_hdr=off
      -chardev "socket,id=red0,path=$D/sec-in.sock,reconnect=1"
      -chardev "socket,id=red1,path=$D/mirror.sock,reconnect=1"
      -object filter-redirector,id=f1,netdev=hn0,queue=tx,indev=red1
      -object filter-redirector,id=f2,netdev=hn0,queue=rx,outdev=red0
      -object filter-rewriter,id=rew0,netdev=hn0,queue=all)
+fi
 [[ "$MODE" == colo ]] && svm+=(-incoming defer)
 
 start_vm() {  # name args...
@@ -139,10 +163,10 @@ start_vm() {  # name args...
   for _ in $(seq 200); do [[ -S "$D/$name.qmp" ]] && break; sleep 0.05; done
   [[ -S "$D/$name.qmp" ]] || die "$name QEMU did not start: $(tail -5 "$D/$name.log")"
 }
-# The secondary first in COLO mode: it must be listening before the primary migrates.
 start_vm pvm "${pvm[@]}"
 start_vm svm "${svm[@]}"
 step "client address $CLIENT_IP/24 on tap-pvm in $NS (tap-svm stays down until a failover)"
+for _ in $(seq 100); do ip -n "$NS" link show tap-pvm >/dev/null 2>&1 && break; sleep 0.05; done
 ip -n "$NS" addr add "$CLIENT_IP/24" dev tap-pvm
 ip -n "$NS" link set tap-pvm up
 

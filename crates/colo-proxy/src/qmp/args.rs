@@ -34,11 +34,18 @@ pub struct QmpArgs {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub checkpoint_reask: u64,
 
-    /// A QMP monitor silent or disconnected this many ms is lost; with
-    /// --auto-failover the other VM then gets `x-colo-lost-heartbeat`.
+    /// A QMP monitor disconnected this many ms is lost; with --auto-failover the
+    /// other VM then gets `x-colo-lost-heartbeat` (once COLO has run a checkpoint).
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub heartbeat_timeout: u64,
+
+    /// A connected QMP monitor that answers no probe for this many ms is lost too
+    /// (QEMU's main loop can stall for a second under load; at least
+    /// --heartbeat-timeout).
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub silence_timeout: u64,
 
     /// Fail over by itself when a monitor is lost (`on`), or only on the `failover`
     /// control command (`off`).
@@ -71,6 +78,9 @@ impl QmpArgs {
             reask: Duration::from_millis(self.checkpoint_reask),
             probe_interval: Duration::from_micros((heartbeat.as_micros() / 4).max(1000)),
             heartbeat_timeout: heartbeat,
+            silence_timeout: Duration::from_millis(
+                self.silence_timeout.max(self.heartbeat_timeout),
+            ),
             auto_failover: self.auto_failover,
         }
     }

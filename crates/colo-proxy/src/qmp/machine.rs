@@ -12,8 +12,10 @@
 //!   latency is measured from the request to it. `MIGRATION_PASS` (`events` capability)
 //!   numbers the checkpoints.
 //! - **Heartbeat**: a `query-status` probe every `probe_interval`; a monitor that is
-//!   silent or disconnected for `heartbeat_timeout` is lost, and with `auto_failover`
-//!   the survivor gets `x-colo-lost-heartbeat`.
+//!   disconnected for `heartbeat_timeout`, or connected but silent for
+//!   `silence_timeout` (a busy QEMU main loop can stall for a second), is lost, and with
+//!   `auto_failover` the survivor gets `x-colo-lost-heartbeat`. Only once COLO has run
+//!   (a checkpoint was flushed): before that the secondary is no copy to fail over to.
 //!
 //! Time is an argument; work comes out of [`CheckpointDriver::poll_action`].
 
@@ -96,8 +98,10 @@ pub struct QmpConfig {
     pub reask: Duration,
     /// How often each monitor is probed with `query-status`.
     pub probe_interval: Duration,
-    /// A monitor silent or disconnected this long is lost.
+    /// A monitor disconnected this long is lost.
     pub heartbeat_timeout: Duration,
+    /// A connected monitor that answers nothing this long is lost.
+    pub silence_timeout: Duration,
     /// Fail over to the survivor when a monitor is lost.
     pub auto_failover: bool,
 }
@@ -110,6 +114,7 @@ impl Default for QmpConfig {
             reask: Duration::from_millis(200),
             probe_interval: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_millis(1000),
+            silence_timeout: Duration::from_millis(5000),
             auto_failover: true,
         }
     }
@@ -496,7 +501,7 @@ impl CheckpointDriver {
             } else if m.up
                 && let Some(h) = m.last_heard
             {
-                at(h + self.config.heartbeat_timeout);
+                at(h + self.config.silence_timeout);
             }
         }
         next
@@ -528,16 +533,21 @@ impl CheckpointDriver {
 
     fn check_heartbeats(&mut self, now: Instant) {
         let timeout = self.config.heartbeat_timeout;
+        let silence = self.config.silence_timeout;
+        // Before the first checkpoint the secondary is not a copy: nothing to fail over to.
+        let armed = self.config.auto_failover && self.stats.flushed > 0;
         for vm in [Vm::Primary, Vm::Secondary] {
             let m = &mut self.monitors[vm.index()];
             if !m.configured {
                 continue;
             }
-            if m.lost_since.is_none() && m.up && m.last_heard.is_some_and(|h| now >= h + timeout) {
-                m.lost_since = m.last_heard;
+            if m.lost_since.is_none() && m.up && m.last_heard.is_some_and(|h| now >= h + silence) {
+                // Lost from when it fell silent, less the disconnect timeout, which is
+                // thereby over: silence is acted on at `silence_timeout`.
+                m.lost_since = m.last_heard.map(|h| h + silence - timeout);
             }
             let Some(lost) = m.lost_since else { continue };
-            if now < lost + timeout || !self.config.auto_failover {
+            if now < lost + timeout || !armed {
                 continue;
             }
             let other = self.monitors[vm.other().index()];

@@ -43,6 +43,16 @@ fn connected() -> CheckpointDriver {
     d
 }
 
+/// A connected driver that has seen COLO run one (periodic) checkpoint, ending at 30 ms.
+fn colo_running() -> CheckpointDriver {
+    let mut d = connected();
+    d.handle_input(ms(10), Vm::Primary, ev("STOP"));
+    d.handle_input(ms(20), Vm::Secondary, ev("RESUME"));
+    d.handle_input(ms(30), Vm::Primary, ev("RESUME"));
+    let _ = actions(&mut d);
+    d
+}
+
 #[test]
 fn learns_the_delay_and_asks_with_it() {
     let mut d = connected();
@@ -176,7 +186,7 @@ fn a_request_without_a_primary_monitor_waits_for_it() {
 
 #[test]
 fn primary_lost_fails_over_to_the_secondary_after_the_heartbeat() {
-    let mut d = connected();
+    let mut d = colo_running();
     d.handle_input(ms(100), Vm::Primary, QmpInput::Disconnected);
     assert!(actions(&mut d).is_empty(), "not before the timeout");
     assert!(d.poll_timeout().unwrap() <= ms(100) + Duration::from_millis(1000));
@@ -208,10 +218,11 @@ fn primary_lost_fails_over_to_the_secondary_after_the_heartbeat() {
 }
 
 #[test]
-fn a_silent_monitor_is_lost_too() {
-    let mut d = connected();
-    // Probes go out but only the primary answers.
-    for t in (250..=750).step_by(250) {
+fn a_silent_monitor_is_lost_after_the_silence_timeout() {
+    let mut d = colo_running();
+    // Probes go out to both, but only the primary answers (the secondary's last word
+    // was its RESUME at 20 ms).
+    for t in (280..=5000).step_by(250) {
         d.handle_timeout(ms(t));
         let e = executes(&actions(&mut d));
         assert!(e.contains(&(Vm::Secondary, "query-status".into())), "{e:?}");
@@ -224,7 +235,13 @@ fn a_silent_monitor_is_lost_too() {
             },
         );
     }
-    d.handle_timeout(ms(1001));
+    d.handle_timeout(ms(5019));
+    assert_eq!(
+        d.failed_over(),
+        None,
+        "silence shorter than silence_timeout"
+    );
+    d.handle_timeout(ms(5020));
     let a = actions(&mut d);
     assert!(
         a.contains(&QmpAction::Failover {
@@ -234,6 +251,30 @@ fn a_silent_monitor_is_lost_too() {
         "{a:?}"
     );
     assert!(executes(&a).contains(&(Vm::Primary, "x-colo-lost-heartbeat".into())));
+}
+
+#[test]
+fn no_auto_failover_before_colo_ran_a_checkpoint() {
+    let mut d = connected();
+    d.handle_input(ms(100), Vm::Primary, QmpInput::Disconnected);
+    d.handle_input(
+        ms(2000),
+        Vm::Secondary,
+        QmpInput::Reply {
+            id: None,
+            result: Ok(json!({})),
+        },
+    );
+    d.handle_timeout(ms(3000));
+    assert!(
+        !actions(&mut d)
+            .iter()
+            .any(|a| matches!(a, QmpAction::Failover { .. })),
+        "the secondary is no copy yet"
+    );
+    assert_eq!(d.failed_over(), None);
+    // The operator can still decide.
+    assert_eq!(d.failover(ms(3001)), Vm::Secondary);
 }
 
 #[test]
