@@ -30,8 +30,10 @@ for _ in $(seq 100); do
   sleep 0.02
 done
 log "secondary COLO mode: ${mode:-unknown}; removing redirectors f2, f1"
-"$here/qmp.py" "$D/svm.qmp" object-del '{"id":"f2"}' >/dev/null || true
-"$here/qmp.py" "$D/svm.qmp" object-del '{"id":"f1"}' >/dev/null || true
+for f in f2 f1; do
+  out="$("$here/qmp.py" "$D/svm.qmp" object-del "{\"id\":\"$f\"}" 2>&1)" || log "object-del $f: $out"
+done
+log "secondary: $("$here/qmp.py" "$D/svm.qmp" query-status 2>&1), $("$here/qmp.py" "$D/svm.qmp" query-colo-status 2>&1)"
 log "client address $CLIENT_IP moves to tap-svm"
 ip -n "$COLO_NS" addr flush dev tap-pvm 2>/dev/null || true
 ip -n "$COLO_NS" addr add "$CLIENT_IP/24" dev tap-svm

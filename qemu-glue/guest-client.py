@@ -108,9 +108,12 @@ def main():
         for j in range(lines):
             line = f"stream-{j:06d}-" + "y" * 40 + "\n"
             t = time.monotonic()
-            s.sendall(line.encode())
-            if f.readline() != line.encode():
-                bad += 1
+            try:
+                s.sendall(line.encode())
+                if f.readline() != line.encode():
+                    bad += 1
+            except OSError as e:
+                raise OSError(f"{e} at line {j} of {lines}, {time.monotonic() - start:.1f} s in") from e
             gap = max(gap, time.monotonic() - t)
             time.sleep(pause)
         s.shutdown(socket.SHUT_WR)
