@@ -332,7 +332,7 @@ impl Driver {
                        "dropped_frames": out.dropped_frames, "dropped_bytes": out.dropped_bytes},
             "notify_dev": {"unknown": self.notify_unknown},
             "peers": self.peers.iter().map(|(r, up)| (r.to_string(), json!(up))).collect::<Map<String, Value>>(),
-            "qmp": self.qmp.as_ref().map_or(Value::Null, |q| q.stats_json(self.now())),
+            "qmp": self.qmp.as_ref().map_or(Value::Null, |q| q.stats_json()),
         })
     }
 

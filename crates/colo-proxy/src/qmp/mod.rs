@@ -16,7 +16,6 @@ pub mod machine;
 #[cfg(test)]
 mod tests;
 
-use colo_core::Instant;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -110,7 +109,7 @@ impl QmpLink {
 
     /// The `qmp` object of the `stats` reply.
     #[must_use]
-    pub fn stats_json(&self, _now: Instant) -> Value {
+    pub fn stats_json(&self) -> Value {
         let m = &self.machine;
         let s = m.stats();
         json!({
