@@ -471,7 +471,10 @@ fn libvirt_domains_validate_and_the_hook_runs_the_proxy() {
         std::thread::sleep(Duration::from_millis(50));
     }
     hook("colo-svm", "prepare", Some("colo-svm.xml"));
-    assert!(Path::new("/run/colo-proxy/colo-svm").is_dir(), "state dir made");
+    assert!(
+        Path::new("/run/colo-proxy/colo-svm").is_dir(),
+        "state dir made"
+    );
     assert!(!Path::new("/run/colo-proxy/colo-svm/proxy.pid").exists());
     let _ = std::fs::remove_dir_all("/run/colo-proxy");
 }
