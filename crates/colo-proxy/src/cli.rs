@@ -129,6 +129,10 @@ pub struct CompareArgs {
     #[arg(long, value_name = "tcp:HOST:PORT",
           value_parser = crate::shell::metrics::parse_metrics_addr)]
     pub metrics: Option<String>,
+
+    /// The QMP checkpoint driver (`--qmp-primary`, `--qmp-secondary`, ...).
+    #[command(flatten)]
+    pub qmp: crate::qmp::QmpArgs,
 }
 
 impl CompareArgs {

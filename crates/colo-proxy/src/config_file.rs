@@ -254,7 +254,7 @@ fn option_names(sub: &clap::Command) -> Vec<&str> {
 /// Whether the flag is an `on|off` switch (`--vnet-hdr-support[=on|off]`): an
 /// optional value, which every such flag in `cli.rs` takes as on|off.
 fn is_on_off(arg: &Arg) -> bool {
-    matches!(arg.get_action(), ArgAction::Set)
+    matches!(arg.get_action(), ArgAction::Set | ArgAction::SetTrue)
         && arg
             .get_num_args()
             .is_some_and(|r| r.min_values() == 0 && r.max_values() == 1)
@@ -280,6 +280,17 @@ fn flags_for(arg: &Arg, value: &DeValue<'_>) -> Result<Vec<OsString>, String> {
         .and_then(|n| n.first())
         .map_or_else(|| "VALUE".to_owned(), ToString::to_string);
     match arg.get_action() {
+        // Before SetTrue: an on|off switch whose default may be on needs `=off`.
+        _ if is_on_off(arg) => match value {
+            DeValue::Boolean(b) => Ok(vec![
+                format!("--{long}={}", if *b { "on" } else { "off" }).into(),
+            ]),
+            DeValue::String(s) => Ok(vec![format!("--{long}={s}").into()]),
+            other => Err(format!(
+                "expects true or false (or \"on\"/\"off\"), not {}",
+                other.type_str()
+            )),
+        },
         ArgAction::SetTrue => match value {
             DeValue::Boolean(true) => Ok(vec![format!("--{long}").into()]),
             DeValue::Boolean(false) => Ok(Vec::new()),
@@ -304,16 +315,6 @@ fn flags_for(arg: &Arg, value: &DeValue<'_>) -> Result<Vec<OsString>, String> {
                 })
                 .collect()
         }
-        _ if is_on_off(arg) => match value {
-            DeValue::Boolean(b) => Ok(vec![
-                format!("--{long}={}", if *b { "on" } else { "off" }).into(),
-            ]),
-            DeValue::String(s) => Ok(vec![format!("--{long}={s}").into()]),
-            other => Err(format!(
-                "expects true or false (or \"on\"/\"off\"), not {}",
-                other.type_str()
-            )),
-        },
         _ => match scalar(value) {
             Some(s) if !matches!(value, DeValue::Boolean(_)) => {
                 Ok(vec![format!("--{long}={s}").into()])

@@ -12,6 +12,7 @@ mod link;
 mod logging;
 mod port;
 mod primary;
+mod qmp;
 mod replay;
 mod rewrite;
 mod secondary;

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Event;
+use crate::qmp::{FailoverCause, QmpAction, QmpLink, Vm};
 use crate::shell::control::{Command, event_line};
 use crate::shell::driver::{Peers, Role};
 use crate::shell::engine_view;
@@ -46,6 +47,8 @@ pub struct Driver {
     pub checkpoint_done_by: [u64; 2],
     /// Which endpoint roles have a peer now.
     pub peers: Peers,
+    /// The QMP checkpoint driver, when `--qmp-primary`/`--qmp-secondary` are given.
+    pub qmp: Option<QmpLink>,
 }
 
 impl Role for Driver {
@@ -56,11 +59,18 @@ impl Role for Driver {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.engine.poll_timeout()
+        let qmp = self.qmp.as_ref().and_then(|q| q.machine.poll_timeout());
+        match (self.engine.poll_timeout(), qmp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_timeout(&mut self, now: Instant) {
         self.engine.handle_timeout(now);
+        if let Some(q) = &mut self.qmp {
+            q.machine.handle_timeout(now);
+        }
     }
 
     fn on_event(&mut self, event: Event) {
@@ -71,8 +81,11 @@ impl Role for Driver {
         self.command(command)
     }
 
-    fn after_wake(&mut self) {
+    fn after_wake(&mut self, inputs: &mut mpsc::Receiver<Event>) {
         self.drain();
+        while self.qmp_actions(inputs) {
+            self.drain();
+        }
     }
 
     fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {
@@ -120,6 +133,72 @@ impl Driver {
                 self.checkpoint_done("notify-dev");
             }
             Event::NotifyUnknown => self.notify_unknown += 1,
+            Event::Qmp(vm, input) => {
+                let now = self.now();
+                if let Some(q) = &mut self.qmp {
+                    q.machine.handle_input(now, vm, input);
+                }
+            }
+        }
+    }
+
+    /// Carry out what the QMP checkpoint driver asked for. Returns whether it did
+    /// anything (the engine may then have output to drain).
+    fn qmp_actions(&mut self, inputs: &mut mpsc::Receiver<Event>) -> bool {
+        let mut any = false;
+        loop {
+            let Some(action) = self.qmp.as_mut().and_then(|q| q.machine.poll_action()) else {
+                return any;
+            };
+            any = true;
+            match action {
+                QmpAction::Send { vm, command } => {
+                    if let Some(q) = &mut self.qmp {
+                        q.send(vm, command);
+                    }
+                }
+                QmpAction::CheckpointDone { pass, requested } => {
+                    // QMP and the data sockets are separate channels: take every frame
+                    // the readers already delivered (sent before the VMs stopped)
+                    // before the flush.
+                    while let Ok(ev) = inputs.try_recv() {
+                        self.handle_event(ev);
+                    }
+                    self.checkpoint_done("qmp");
+                    let mut f = Map::new();
+                    f.insert("epoch".into(), json!(self.engine.epoch()));
+                    f.insert("pass".into(), json!(pass));
+                    f.insert("requested".into(), json!(requested));
+                    self.event(f, "checkpoint-done");
+                }
+                QmpAction::Failover { survivor, cause } => {
+                    self.enter_failover(survivor, cause);
+                }
+            }
+        }
+    }
+
+    /// Stop comparing for good: the survivor carries on alone.
+    fn enter_failover(&mut self, survivor: Vm, cause: FailoverCause) {
+        if self.failed_over {
+            return;
+        }
+        self.failed_over = true;
+        let held = self.engine.stats().held_frames;
+        self.engine.set_pass_through(true);
+        tracing::warn!(
+            survivor = survivor.as_str(),
+            cause = cause.as_str(),
+            released_held = held,
+            "failover: no more comparing, output passes through"
+        );
+        let mut f = Map::new();
+        f.insert("survivor".into(), json!(survivor.as_str()));
+        f.insert("cause".into(), json!(cause.as_str()));
+        f.insert("released_held".into(), json!(held));
+        self.event(f, "failover");
+        if let Some(q) = &self.qmp {
+            q.run_failover_hook(survivor, cause);
         }
     }
 
@@ -171,6 +250,14 @@ impl Driver {
                 self.checkpoint_done_by[0] += 1;
                 self.checkpoint_done("control");
                 m.insert("epoch".into(), json!(self.engine.epoch()));
+            }
+            Command::Failover if self.qmp.is_some() => {
+                let now = self.now();
+                let held = self.engine.stats().held_frames;
+                let survivor = self.qmp.as_mut().map(|q| q.machine.failover(now));
+                m.insert("survivor".into(), json!(survivor.map(Vm::as_str)));
+                m.insert("released_held".into(), json!(held));
+                m.insert("mode".into(), json!("pass-through"));
             }
             Command::Failover => {
                 self.failed_over = true;
@@ -249,6 +336,7 @@ impl Driver {
             self.out.role: self.out.stats_json(),
             "notify_dev": {"unknown": self.notify_unknown},
             "peers": self.peers.to_json(),
+            "qmp": self.qmp.as_ref().map_or(Value::Null, |q| q.stats_json()),
         })
     }
 
@@ -281,6 +369,10 @@ impl Driver {
                     if let Some(tx) = &self.notify {
                         // Full means DO_CHECKPOINTs are already waiting: one more adds nothing.
                         let _ = tx.try_send(());
+                    }
+                    let now = self.now();
+                    if let Some(q) = &mut self.qmp {
+                        q.machine.request_checkpoint(now);
                     }
                 }
                 Output::LimitReached {

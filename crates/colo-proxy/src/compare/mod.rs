@@ -24,6 +24,7 @@ use colo_core::{Frame, Side};
 use tokio::sync::mpsc;
 
 use crate::cli::CompareArgs;
+use crate::qmp::{QmpInput, QmpLink, Vm};
 
 use self::driver::Driver;
 use crate::shell::control::ControlPlane;
@@ -43,6 +44,14 @@ pub enum Event {
     NotifyCheckpointDone,
     /// The Xen notify peer sent a message we do not know.
     NotifyUnknown,
+    /// A QMP monitor said something (the checkpoint driver, `--qmp-*`).
+    Qmp(Vm, QmpInput),
+}
+
+impl From<(Vm, QmpInput)> for Event {
+    fn from((vm, input): (Vm, QmpInput)) -> Self {
+        Self::Qmp(vm, input)
+    }
 }
 
 impl From<PeerChange> for Event {
@@ -96,6 +105,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
     )
     .await?;
     let (ctl_rx, events) = control.spawn(&mut tasks);
+    let qmp = QmpLink::spawn(&args.qmp, &mut tasks, &in_tx);
     drop(in_tx);
 
     tracing::info!(
@@ -125,6 +135,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .chain(args.notify_dev.as_ref().map(|_| "notify_dev")),
         ),
+        qmp,
     };
     crate::shell::driver::run(driver, in_rx, ctl_rx, shutdown).await;
     // Dropping the tasks closes the sockets and removes the Unix socket files.

@@ -192,7 +192,7 @@ impl Role for Driver {
         Ok(reply)
     }
 
-    fn after_wake(&mut self) {
+    fn after_wake(&mut self, _inputs: &mut tokio::sync::mpsc::Receiver<Event>) {
         self.compare.drain();
     }
 

@@ -147,6 +147,7 @@ pub(crate) async fn serve(
             failed_over: false,
             checkpoint_done_by: [0; 2],
             peers: Peers::listed(["client", "pvm", link::ROLE]),
+            qmp: None,
         },
         pvm: pvm_out,
         link: link_q,

@@ -62,7 +62,7 @@ impl Role for Driver {
         self.command(command)
     }
 
-    fn after_wake(&mut self) {
+    fn after_wake(&mut self, _inputs: &mut tokio::sync::mpsc::Receiver<Event>) {
         self.drain_released();
     }
 

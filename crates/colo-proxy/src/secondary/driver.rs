@@ -387,7 +387,7 @@ impl Role for Driver {
         Ok(m)
     }
 
-    fn after_wake(&mut self) {
+    fn after_wake(&mut self, _inputs: &mut tokio::sync::mpsc::Receiver<Event>) {
         self.drain_released();
     }
 

@@ -27,8 +27,9 @@ pub trait Role {
     fn on_event(&mut self, event: Self::Event);
     /// A control command: the reply's fields, or an error message.
     fn on_command(&mut self, command: Command) -> Result<Map<String, Value>, String>;
-    /// After every wake-up: carry out what the state machine asked for.
-    fn after_wake(&mut self);
+    /// After every wake-up: carry out what the state machine asked for. `inputs` lets a
+    /// role take events already delivered before acting (the QMP flush point).
+    fn after_wake(&mut self, inputs: &mut mpsc::Receiver<Self::Event>);
     /// The role's output queues, by name, given a moment to drain at shutdown.
     fn output_queues(&self) -> Vec<(&'static str, OutQueue)>;
     /// Shutting down, before the outputs are flushed.
@@ -74,10 +75,10 @@ pub async fn run<R: Role>(
                 }
             }
         }
-        role.after_wake();
+        role.after_wake(&mut inputs);
     }
     role.on_stop();
-    role.after_wake();
+    role.after_wake(&mut inputs);
     let queues = role.output_queues();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
     while !queues.iter().all(|(_, q)| q.is_empty()) && tokio::time::Instant::now() < deadline {
