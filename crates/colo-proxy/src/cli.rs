@@ -367,7 +367,8 @@ pub struct DemoArgs {
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub datagrams: u32,
 
-    /// Seed of every random choice (segmentation, delays, reordering, content).
+    /// Seed of every random choice (segmentation, delays, reordering, content; in the
+    /// live run the ISNs and the secondary VM's segment sizes).
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
 
