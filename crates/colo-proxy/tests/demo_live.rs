@@ -44,6 +44,7 @@ fn default_demo_runs_both_proxies_and_verifies_without_checkpoints() {
     let v = &s["verification"];
     assert_eq!(v["connections"], 8, "{s:#}");
     assert_eq!(v["connections_ok"], 8, "{s:#}");
+    assert_eq!(v["closed"], 8, "{s:#}");
     assert_eq!(v["datagrams"], 16, "{s:#}");
     assert_eq!(v["datagrams_ok"], 16, "{s:#}");
     let expected = v["bytes_expected"].as_u64().unwrap();

@@ -157,7 +157,9 @@ impl fmt::Display for Summary {
         rows.push((
             "connections",
             format!(
-                "{} flows tracked by the primary (TCP and UDP), {} TCP by the secondary",
+                "{} TCP opened and closed by both sides; {} flows tracked by the primary \
+                 (TCP and UDP, until they linger out), {} by the secondary",
+                self.verification.closed,
                 group(n(&p["connections"]["created"])),
                 group(n(&sec["connections"]))
             ),

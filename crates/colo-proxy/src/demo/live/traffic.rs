@@ -70,6 +70,8 @@ impl Plan {
 pub struct Verification {
     /// TCP connections run.
     pub connections: u32,
+    /// Connections closed by both sides (FINs exchanged and acknowledged).
+    pub closed: u32,
     /// Connections whose client stream was exactly the primary VM's.
     pub connections_ok: u32,
     /// Bytes the primary VM sent on all connections.
@@ -297,9 +299,24 @@ impl<'a> Traffic<'a> {
         self.pvm.send(&[p.fin()]).await?;
         self.svm.send(&[s.fin()]).await?;
         self.client_frames(1).await?;
+        // The client closes its side too; both VMs acknowledge its FIN.
+        let cfin = client_tcp(
+            &addrs,
+            cisn.wrapping_add(1),
+            p.next_seq,
+            TcpFlags::FIN.union(TcpFlags::ACK),
+            b"",
+        );
+        self.client.send(&[cfin]).await?;
+        self.pvm.next().await?;
+        self.svm.next().await?;
+        self.pvm.send(&[p.ack_to(cisn.wrapping_add(2))]).await?;
+        self.svm.send(&[s.ack_to(cisn.wrapping_add(2))]).await?;
+        self.client_frames(1).await?;
 
         let v = &mut self.verification;
         v.connections += 1;
+        v.closed += 1;
         v.bytes_expected += pbody.len() as u64;
         v.bytes_received += got.len() as u64;
         if got == pbody {
