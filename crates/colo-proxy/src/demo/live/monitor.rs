@@ -123,7 +123,7 @@ pub fn progress_line(p: &Value, s: &Value) -> String {
         _ => "DOWN",
     };
     format!(
-        "in {} pri / {} sec frames | released {} ({}) | held {} | rewritten {} | \
+        "VM frames in {} pri / {} sec | released {} ({}) | held {} | rewritten {} | \
          checkpoints {} done of {} | link {link}",
         group(n(&p["frames_in"]["primary"])),
         group(n(&p["frames_in"]["secondary"])),

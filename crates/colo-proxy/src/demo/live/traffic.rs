@@ -227,19 +227,29 @@ impl<'a> Traffic<'a> {
         ));
         self.poke.notify_one();
         tokio::time::sleep(self.plan.checkpoint).await;
+        let flushed = |st: &Value| st["released"]["by_flush"].as_u64().unwrap_or(0);
+        let before = flushed(&self.primary_stats().await?);
         let mut evs = Vec::new();
         let done = self.pctl.command("checkpoint-done", &mut evs).await?;
         self.events.extend(evs);
+        let released = flushed(&self.primary_stats().await?).saturating_sub(before);
         self.log.event(&format!(
-            "checkpoint #{} done after {} ms: epoch {}; the secondary VM is a copy of the primary",
+            "checkpoint #{} done after {} ms: epoch {}, {released} held frames released{}; \
+             the secondary VM is a copy of the primary",
             ev["id"],
             self.plan.checkpoint.as_millis(),
-            done["epoch"]
+            done["epoch"],
+            if done["forwarded"] == true {
+                ", checkpoint-done forwarded to the secondary"
+            } else {
+                ""
+            }
         ));
         self.poke.notify_one();
         self.checkpoints.push(json!({
             "id": ev["id"], "reason": ev["reason"], "flow": ev["flow"],
             "detail": ev["detail"], "epoch": done["epoch"], "asked_at_s": asked_at,
+            "released_frames": released,
         }));
         Ok(())
     }
