@@ -103,6 +103,11 @@ fn nondeterministic_demo_checkpoints_per_diverging_reply_and_still_verifies() {
         "the differing bytes: {detail}"
     );
     assert_eq!(list[3]["reason"], "datagram", "{s:#}");
+    assert!(
+        list.iter()
+            .all(|c| c["released_frames"].as_u64() >= Some(1)),
+        "each checkpoint releases what the divergence held: {s:#}"
+    );
     assert_eq!(s["verification"]["connections_ok"], 6, "{s:#}");
     assert_eq!(s["verification"]["datagrams_ok"], 6, "{s:#}");
 }
