@@ -38,8 +38,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a self-contained simulation: a client and two simulated VMs driving the
-    /// real compare engine on a simulated clock. No root, VM or network needed.
+    /// Watch COLO work, with no VM and no root: the real primary and secondary
+    /// proxies in this process over loopback Unix sockets, a client and two
+    /// simulated VMs driving traffic through them, live progress from the proxies'
+    /// own counters, a summary and an end-to-end check of what the client received.
+    /// `--simulate` runs the compare engine on a simulated clock instead.
+    /// Exit codes: 0 the client received exactly what the primary VM sent, 1 not.
     Demo(DemoArgs),
     /// Drop-in for QEMU's colo-compare object: read the primary's and the
     /// secondary's output (QEMU socket framing), release what matches on the outdev,
@@ -358,6 +362,7 @@ pub struct DemoArgs {
     pub connections: u32,
 
     /// Response body size per connection; accepts K, M suffixes (powers of 1024).
+    /// In the live run every other connection gets a small reply instead.
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_size)]
     pub bytes_per_connection: u64,
 
@@ -366,7 +371,8 @@ pub struct DemoArgs {
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub datagrams: u32,
 
-    /// Seed of every random choice (segmentation, delays, reordering, content).
+    /// Seed of every random choice (segmentation, delays, reordering, content; in the
+    /// live run the ISNs and the secondary VM's segment sizes).
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
 
@@ -380,10 +386,16 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub diverge_every: Option<u32>,
 
-    /// Simulated time a checkpoint takes, in milliseconds.
+    /// Time a checkpoint takes, in milliseconds (simulated, or slept in the live run).
     #[arg(long, value_name = "MS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub checkpoint_ms: u64,
+
+    /// Live run: pause between two connections, in milliseconds (a quarter of it
+    /// between two datagrams), so that the progress can be watched; 0 runs flat out.
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub pace_ms: u64,
 
     /// Print only the final summary (no progress line, no event lines).
     #[arg(long, short)]
@@ -393,10 +405,13 @@ pub struct DemoArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Run the real `primary` and `secondary` proxies in this process over loopback
-    /// Unix sockets (the client and both VMs played by the demo, real time) instead
-    /// of the simulation.
-    #[arg(long)]
+    /// Run the simulation (the compare engine and the rewriter on a simulated clock,
+    /// with reordering and duplication) instead of the live two-proxy run.
+    #[arg(long, conflicts_with = "live")]
+    pub simulate: bool,
+
+    /// The live two-proxy run (the default; kept for scripts that ask for it).
+    #[arg(long, hide = true)]
     pub live: bool,
 
     /// Fault injection, for testing the demo's own verification: lose every Nth

@@ -1,8 +1,14 @@
-//! `colo-proxy demo`: the whole proxy in one process, without root, VMs or sockets.
+//! `colo-proxy demo`: COLO at work in one process, without root, VMs or a network.
 //!
-//! A simulated client talks to two simulated VMs (deterministic servers built from
-//! `colo_core::sim`) through the real compare engine and the real secondary rewriter,
-//! on a simulated clock. The demo prints what the engine does as it happens, a
+//! By default ([`live`]) the real primary and secondary proxies run in this process
+//! over loopback Unix sockets, with a client and two simulated VMs driving TCP and
+//! UDP traffic through them; the demo shows live what the proxies compare, release
+//! and why they ask for checkpoints, then checks what the client received.
+//!
+//! `--simulate` runs the simulation instead: a simulated client talks to two
+//! simulated VMs (deterministic servers built from `colo_core::sim`) through the real
+//! compare engine and the real secondary rewriter, on a simulated clock with
+//! reordering and duplication. It prints what the engine does as it happens, a
 //! summary at the end, and checks that the client received exactly what the primary
 //! sent; it exits 1 if not.
 //!
@@ -41,9 +47,9 @@ const MAX_BYTES_PER_CONNECTION: u64 = 1 << 30;
 /// Largest total of all responses (both VMs and the client keep a copy).
 const MAX_TOTAL_BYTES: u64 = 4 << 30;
 
-/// Run the demo; the exit code says whether the client stream verified.
+/// Run the demo (live, or the simulation with `--simulate`); the exit code says whether the client stream verified.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    if args.live {
+    if !args.simulate {
         return live::run(args);
     }
     let connections = args.connections as usize;

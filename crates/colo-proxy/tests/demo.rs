@@ -1,4 +1,5 @@
-//! End-to-end tests of `colo-proxy demo`, running the built binary.
+//! End-to-end tests of `colo-proxy demo --simulate` (the simulation), running the
+//! built binary. The live two-proxy run (the default) is tested in `demo_live.rs`.
 
 use std::process::{Command, Output};
 
@@ -16,6 +17,7 @@ fn colo_proxy(args: &[&str]) -> Output {
 fn demo_json(extra: &[&str]) -> (i32, Value) {
     let mut args = vec![
         "demo",
+        "--simulate",
         "--json",
         "--quiet",
         "--connections",
@@ -112,6 +114,7 @@ fn same_seed_same_run() {
 fn table_and_live_output_for_people() {
     let out = colo_proxy(&[
         "demo",
+        "--simulate",
         "--connections",
         "3",
         "--bytes-per-connection",
@@ -141,6 +144,7 @@ fn table_and_live_output_for_people() {
 fn quiet_prints_only_the_summary() {
     let out = colo_proxy(&[
         "demo",
+        "--simulate",
         "--quiet",
         "--connections",
         "2",
@@ -186,7 +190,7 @@ fn bad_flag_is_a_usage_error() {
 
 #[test]
 fn impossible_request_is_a_runtime_failure_with_advice() {
-    let out = colo_proxy(&["demo", "--bytes-per-connection", "2G"]);
+    let out = colo_proxy(&["demo", "--simulate", "--bytes-per-connection", "2G"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
