@@ -10,7 +10,7 @@ use colo_core::{Frame, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use crate::link::proto::{self, Message};
+use crate::link::proto::Message;
 use crate::link::{self, LinkEvent, RoleEvent as Event};
 use crate::shell::control::{Command, event_line};
 use crate::shell::driver::{Peers, Role};
@@ -132,10 +132,7 @@ impl Driver {
             self.counters.svm_link_down += 1;
             return;
         }
-        if !self
-            .link
-            .push(proto::encoded(&Message::SecondaryFrame(frame.clone())))
-        {
+        if !link::push_message(&self.link, &Message::SecondaryFrame(frame.clone())) {
             self.counters.link_overflow += 1;
             if self.counters.link_overflow.is_power_of_two() {
                 tracing::warn!(
@@ -165,7 +162,21 @@ impl Driver {
 
     fn link_event(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Message(Message::ClientFrame(frame)) => {
+            LinkEvent::Messages(msgs) => {
+                for msg in msgs {
+                    self.link_message(msg);
+                }
+            }
+            LinkEvent::ProtocolError(why) => {
+                self.counters.protocol_errors += 1;
+                self.event(link::error_fields(why), "link-error");
+            }
+        }
+    }
+
+    fn link_message(&mut self, msg: Message) {
+        match msg {
+            Message::ClientFrame(frame) => {
                 self.counters.link_client[0] += 1;
                 self.counters.link_client[1] += frame.data.len() as u64;
                 if self.failed_over {
@@ -174,17 +185,13 @@ impl Driver {
                     self.client_into_svm(frame);
                 }
             }
-            LinkEvent::Message(Message::CheckpointDone(epoch)) => {
+            Message::CheckpointDone(epoch) => {
                 self.counters.last_link_epoch = epoch;
                 self.checkpoint_done(DoneSource::Link);
             }
-            LinkEvent::Message(other) => {
+            other => {
                 self.counters.unexpected += 1;
                 tracing::debug!(message = other.name(), "unexpected link message ignored");
-            }
-            LinkEvent::ProtocolError(why) => {
-                self.counters.protocol_errors += 1;
-                self.event(link::error_fields(why), "link-error");
             }
         }
     }
