@@ -51,8 +51,8 @@ pub struct Driver {
 }
 
 impl Driver {
-    fn client_frame(&mut self, frame: Frame) {
-        let now = self.compare.clock.now();
+    /// A frame from the client port (`now`: read once per batch).
+    fn client_frame(&mut self, now: Instant, frame: Frame) {
         self.mirror.client_frames += 1;
         self.mirror.client_bytes += frame.data.len() as u64;
         self.compare.engine.observe_client_frame(now, &frame);
@@ -145,8 +145,9 @@ impl Role for Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Client(frames) => {
+                let now = self.compare.clock.now();
                 for frame in frames {
-                    self.client_frame(frame);
+                    self.client_frame(now, frame);
                 }
             }
             Event::Vm(frames) => self

@@ -93,11 +93,11 @@ impl Driver {
         let _ = self.events.send(event_line(name, fields));
     }
 
-    /// Client traffic on its way into the secondary VM.
-    fn client_into_svm(&mut self, mut frame: Frame) {
-        let verdict =
-            self.rewriter
-                .rewrite_frame(self.clock.now(), Direction::ToSecondary, &mut frame);
+    /// Client traffic on its way into the secondary VM (`now`: read once per batch).
+    fn client_into_svm(&mut self, now: Instant, mut frame: Frame) {
+        let verdict = self
+            .rewriter
+            .rewrite_frame(now, Direction::ToSecondary, &mut frame);
         // Released held frames are older than this one: they go first.
         self.drain_released();
         self.forward(verdict, &frame, Direction::ToSecondary);
@@ -149,13 +149,13 @@ impl Driver {
         }
     }
 
-    fn svm_frame(&mut self, mut frame: Frame) {
+    fn svm_frame(&mut self, now: Instant, mut frame: Frame) {
         self.counters.svm_in[0] += 1;
         self.counters.svm_in[1] += frame.data.len() as u64;
         self.addresses.learn(frame.ethernet_bytes());
-        let verdict =
-            self.rewriter
-                .rewrite_frame(self.clock.now(), Direction::FromSecondary, &mut frame);
+        let verdict = self
+            .rewriter
+            .rewrite_frame(now, Direction::FromSecondary, &mut frame);
         self.drain_released();
         self.forward(verdict, &frame, Direction::FromSecondary);
     }
@@ -163,8 +163,9 @@ impl Driver {
     fn link_event(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Messages(msgs) => {
+                let now = self.clock.now();
                 for msg in msgs {
-                    self.link_message(msg);
+                    self.link_message(now, msg);
                 }
             }
             LinkEvent::ProtocolError(why) => {
@@ -174,7 +175,7 @@ impl Driver {
         }
     }
 
-    fn link_message(&mut self, msg: Message) {
+    fn link_message(&mut self, now: Instant, msg: Message) {
         match msg {
             Message::ClientFrame(frame) => {
                 self.counters.link_client[0] += 1;
@@ -182,7 +183,7 @@ impl Driver {
                 if self.failed_over {
                     self.counters.link_ignored += 1;
                 } else {
-                    self.client_into_svm(frame);
+                    self.client_into_svm(now, frame);
                 }
             }
             Message::CheckpointDone(epoch) => {
@@ -331,16 +332,18 @@ impl Role for Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Vm(frames) => {
+                let now = self.clock.now();
                 for frame in frames {
-                    self.svm_frame(frame);
+                    self.svm_frame(now, frame);
                 }
             }
             Event::Client(frames) => {
+                let now = self.clock.now();
                 for frame in frames {
                     if self.failed_over {
                         self.counters.client_in[0] += 1;
                         self.counters.client_in[1] += frame.data.len() as u64;
-                        self.client_into_svm(frame);
+                        self.client_into_svm(now, frame);
                     } else {
                         self.counters.client_ignored += 1;
                     }
