@@ -261,8 +261,8 @@ async fn send_batch<E: From<LinkEvent>>(tx: &mpsc::Sender<E>, batch: Vec<Message
 }
 
 /// Write queued messages (in vectored batches, each whole before it leaves the
-/// queue) and, when nothing was written for a heartbeat interval, a heartbeat, until
-/// a write fails; returns why.
+/// queue) and a heartbeat every interval (between batches), until a write fails;
+/// returns why.
 async fn write_messages<W: AsyncWrite + Unpin>(
     wr: &mut W,
     config: LinkConfig,
@@ -270,4 +270,59 @@ async fn write_messages<W: AsyncWrite + Unpin>(
 ) -> String {
     let heartbeat = proto::encoded(&Message::Heartbeat);
     outq::write_queued_keepalive(wr, queue, config.heartbeat_interval, &heartbeat).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_sends_messages_whole_in_order_with_heartbeats_between() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let queue = OutQueue::new(1 << 20);
+            let mut want: Vec<Message> = (0..50u8)
+                .map(|i| Message::ClientFrame(Frame::ethernet(vec![i; 60 + usize::from(i)])))
+                .collect();
+            want.push(Message::CheckpointDone(7));
+            for m in &want {
+                assert!(push_message(&queue, m));
+            }
+            // A small pipe: the writer's vectored writes end mid-message often.
+            let (mut wr, mut rd) = tokio::io::duplex(100);
+            let config = LinkConfig {
+                me: LinkRole::Primary,
+                heartbeat_interval: Duration::from_millis(5),
+                heartbeat_timeout: Duration::from_secs(1),
+                max_message: 1024,
+            };
+            let q = queue.clone();
+            let writer = tokio::spawn(async move { write_messages(&mut wr, config, &q).await });
+            let mut dec = Decoder::new(1024);
+            let (mut got, mut beats) = (Vec::new(), 0);
+            // Heartbeats keep coming once the queue is empty.
+            while got.len() < want.len() || beats < 3 {
+                let read = rd.read_buf(dec.read_buffer(4096));
+                let n = tokio::time::timeout(Duration::from_secs(10), read)
+                    .await
+                    .expect("the writer stalled")
+                    .unwrap();
+                assert!(n > 0, "the writer closed the pipe");
+                while let Some(m) = dec.poll().expect("a message cut or garbled") {
+                    if m == Message::Heartbeat {
+                        beats += 1;
+                    } else {
+                        got.push(m);
+                    }
+                }
+            }
+            writer.abort();
+            assert_eq!(got, want);
+            let s = queue.stats();
+            assert_eq!((s.written_frames, s.queued_frames), (51, 0));
+        });
+    }
 }

@@ -328,30 +328,34 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -
     }
 }
 
-/// [`write_queued`] for a connection that must never fall silent (the link): when
-/// nothing has been written for `interval`, `keepalive` is written (between
-/// entries, never inside one). Runs until a write fails; returns why.
+/// [`write_queued`] for a connection that must never fall silent (the link): every
+/// `interval`, busy or idle, `keepalive` is written too (between batches, never
+/// inside an entry). Runs until a write fails; returns why.
 pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
     wr: &mut W,
     queue: &OutQueue,
     interval: std::time::Duration,
     keepalive: &[u8],
 ) -> String {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    // The first keepalive goes out at once, then one per interval (a late one
+    // restarts the interval, as tokio's `MissedTickBehavior::Delay` would).
+    let mut due = tokio::time::Instant::now();
     loop {
+        let now = tokio::time::Instant::now();
+        if now >= due {
+            if let Err(e) = wr.write_all(keepalive).await {
+                return e.to_string();
+            }
+            due = now + interval;
+        }
         batch.clear();
         queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
         if batch.is_empty() {
             // Only an empty queue waits; a push into it stores a wake-up.
             tokio::select! {
                 biased;
-                _ = tick.tick() => {
-                    if let Err(e) = wr.write_all(keepalive).await {
-                        return e.to_string();
-                    }
-                }
+                () = tokio::time::sleep_until(due) => {}
                 () = queue.notify.notified() => {}
             }
             continue;
@@ -359,8 +363,6 @@ pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
         if let Err(e) = write_batch(wr, queue, &batch).await {
             return e.to_string();
         }
-        // Data is proof of life too: the next keepalive is due an interval from now.
-        tick.reset();
     }
 }
 
