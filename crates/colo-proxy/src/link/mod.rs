@@ -12,20 +12,26 @@
 //!
 //! Reading and writing run concurrently, so two proxies both writing into full
 //! socket buffers never wait on each other.
+//!
+//! Both directions batch, as the compare role's endpoints do: a message is queued as
+//! its fixed head plus the frame's own `Bytes` ([`push_message`], no copy), the
+//! writer sends everything queued with vectored writes, and the reader reads
+//! straight into the decoder and hands every message of a read to the driver as
+//! one [`LinkEvent::Messages`].
 
 pub mod proto;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use colo_core::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
-use self::proto::{Decoder, HELLO_LEN, LinkRole, Message};
+use self::proto::{Decoder, HELLO_LEN, LinkRole, Message, Parts};
 use crate::shell::PeerChange;
 use crate::shell::endpoint::Source;
-use crate::shell::outq::OutQueue;
+use crate::shell::input::{BATCH_FRAMES, READ_BUF};
+use crate::shell::outq::{self, OutQueue};
 
 /// The endpoint role name of the link in events, logs and `stats`.
 pub const ROLE: &str = "link";
@@ -89,11 +95,18 @@ impl LinkArgs {
     }
 }
 
+/// Queue `msg` for the peer without copying its frame; `false` if the queue had no
+/// room (dropped and counted by the queue).
+pub fn push_message(queue: &OutQueue, msg: &Message) -> bool {
+    let parts = Parts::of(msg);
+    queue.push_parts(parts.head(), parts.body.clone())
+}
+
 /// What the link task tells the driver besides peer changes.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A message arrived.
-    Message(Message),
+    /// Messages that arrived, in order (one read's worth, heartbeats left out).
+    Messages(Vec<Message>),
     /// A peer was refused or dropped for a protocol error (the reason).
     ProtocolError(String),
 }
@@ -191,9 +204,9 @@ where
     E: From<LinkEvent>,
 {
     let mut dec = Decoder::new(config.max_message);
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match tokio::time::timeout(config.heartbeat_timeout, rd.read(&mut buf)).await {
+        let read = rd.read_buf(dec.read_buffer(READ_BUF));
+        match tokio::time::timeout(config.heartbeat_timeout, read).await {
             Err(_) => {
                 return Some(format!(
                     "heartbeat timeout: nothing from the peer for {} ms",
@@ -201,20 +214,28 @@ where
                 ));
             }
             Ok(Ok(0)) => return Some("closed by peer".to_owned()),
-            Ok(Ok(n)) => n,
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return Some(e.to_string()),
-        };
-        dec.push(&buf[..n]);
+        }
+        // Every message of this read goes to the driver as one event.
+        let mut batch = Vec::new();
         loop {
             match dec.poll() {
                 Ok(Some(Message::Heartbeat)) => {}
                 Ok(Some(msg)) => {
-                    if tx.send(LinkEvent::Message(msg).into()).await.is_err() {
+                    batch.push(msg);
+                    if batch.len() == BATCH_FRAMES
+                        && !send_batch(tx, std::mem::take(&mut batch)).await
+                    {
                         return None;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    // Messages decoded before the error still go to the driver.
+                    if !send_batch(tx, batch).await {
+                        return None;
+                    }
                     let why = format!("protocol error: {e}");
                     tracing::warn!(role = ROLE, error = %e, "link protocol error; disconnecting");
                     if tx
@@ -228,32 +249,80 @@ where
                 }
             }
         }
+        if !send_batch(tx, batch).await {
+            return None;
+        }
     }
 }
 
-/// Write queued messages and heartbeats until a write fails; returns why.
+/// Send a non-empty `batch` to the driver; `false` when the driver is gone.
+async fn send_batch<E: From<LinkEvent>>(tx: &mpsc::Sender<E>, batch: Vec<Message>) -> bool {
+    batch.is_empty() || tx.send(LinkEvent::Messages(batch).into()).await.is_ok()
+}
+
+/// Write queued messages (in vectored batches, each whole before it leaves the
+/// queue) and a heartbeat every interval (between batches), until a write fails;
+/// returns why.
 async fn write_messages<W: AsyncWrite + Unpin>(
     wr: &mut W,
     config: LinkConfig,
     queue: &OutQueue,
 ) -> String {
-    let heartbeat: Bytes = proto::encoded(&Message::Heartbeat);
-    let mut tick = tokio::time::interval(config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = tick.tick() => {
-                if let Err(e) = wr.write_all(&heartbeat).await {
-                    return e.to_string();
+    let heartbeat = proto::encoded(&Message::Heartbeat);
+    outq::write_queued_keepalive(wr, queue, config.heartbeat_interval, &heartbeat).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_sends_messages_whole_in_order_with_heartbeats_between() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let queue = OutQueue::new(1 << 20);
+            let mut want: Vec<Message> = (0..50u8)
+                .map(|i| Message::ClientFrame(Frame::ethernet(vec![i; 60 + usize::from(i)])))
+                .collect();
+            want.push(Message::CheckpointDone(7));
+            for m in &want {
+                assert!(push_message(&queue, m));
+            }
+            // A small pipe: the writer's vectored writes end mid-message often.
+            let (mut wr, mut rd) = tokio::io::duplex(100);
+            let config = LinkConfig {
+                me: LinkRole::Primary,
+                heartbeat_interval: Duration::from_millis(5),
+                heartbeat_timeout: Duration::from_secs(1),
+                max_message: 1024,
+            };
+            let q = queue.clone();
+            let writer = tokio::spawn(async move { write_messages(&mut wr, config, &q).await });
+            let mut dec = Decoder::new(1024);
+            let (mut got, mut beats) = (Vec::new(), 0);
+            // Heartbeats keep coming once the queue is empty.
+            while got.len() < want.len() || beats < 3 {
+                let read = rd.read_buf(dec.read_buffer(4096));
+                let n = tokio::time::timeout(Duration::from_secs(10), read)
+                    .await
+                    .expect("the writer stalled")
+                    .unwrap();
+                assert!(n > 0, "the writer closed the pipe");
+                while let Some(m) = dec.poll().expect("a message cut or garbled") {
+                    if m == Message::Heartbeat {
+                        beats += 1;
+                    } else {
+                        got.push(m);
+                    }
                 }
             }
-            msg = queue.next() => {
-                if let Err(e) = wr.write_all(&msg).await {
-                    return e.to_string();
-                }
-                queue.pop_written(1);
-            }
-        }
+            writer.abort();
+            assert_eq!(got, want);
+            let s = queue.stats();
+            assert_eq!((s.written_frames, s.queued_frames), (51, 0));
+        });
     }
 }

@@ -5,7 +5,7 @@
 //! `be32 length | u8 type | body` where the length counts the type byte and the body
 //! and is checked against a maximum before anything is buffered.
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use colo_core::Frame;
 
 /// The first eight bytes each side sends.
@@ -171,26 +171,68 @@ pub fn check_hello(bytes: &[u8; HELLO_LEN], want: LinkRole) -> Result<(), LinkEr
     Ok(())
 }
 
+/// Longest fixed part of a message (length, type, then a frame's `vnet_hdr_len` or
+/// a checkpoint's epoch).
+pub const HEAD_MAX: usize = 13;
+
+/// A message on the wire in two parts: its fixed head, then the frame's bytes (empty
+/// for messages without a frame). The frame is shared, not copied, so a message can
+/// be queued as `head` + `body` and written with a vectored write.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    head: [u8; HEAD_MAX],
+    head_len: usize,
+    /// The frame's bytes (shared with the frame), or empty.
+    pub body: Bytes,
+}
+
+impl Parts {
+    /// `msg` split into head and body.
+    #[must_use]
+    pub fn of(msg: &Message) -> Self {
+        let mut head = [0u8; HEAD_MAX];
+        let frame = |kind: u8, f: &Frame, head: &mut [u8; HEAD_MAX]| {
+            let len = u32::try_from(1 + 4 + f.data.len()).unwrap_or(u32::MAX);
+            head[..4].copy_from_slice(&len.to_be_bytes());
+            head[4] = kind;
+            head[5..9].copy_from_slice(&f.vnet_hdr_len.to_be_bytes());
+            (9, f.data.clone())
+        };
+        let (head_len, body) = match msg {
+            Message::ClientFrame(f) => frame(T_CLIENT_FRAME, f, &mut head),
+            Message::SecondaryFrame(f) => frame(T_SECONDARY_FRAME, f, &mut head),
+            Message::CheckpointDone(epoch) => {
+                head[..4].copy_from_slice(&9u32.to_be_bytes());
+                head[4] = T_CHECKPOINT_DONE;
+                head[5..13].copy_from_slice(&epoch.to_be_bytes());
+                (13, Bytes::new())
+            }
+            Message::Heartbeat => {
+                head[..4].copy_from_slice(&1u32.to_be_bytes());
+                head[4] = T_HEARTBEAT;
+                (5, Bytes::new())
+            }
+        };
+        Self {
+            head,
+            head_len,
+            body,
+        }
+    }
+
+    /// The fixed head (length, type, fixed fields).
+    #[must_use]
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
+}
+
 /// Append `msg` on the wire to `out`.
 pub fn encode(msg: &Message, out: &mut BytesMut) {
-    let frame_body = |f: &Frame| 4 + f.data.len();
-    let (kind, len) = match msg {
-        Message::ClientFrame(f) => (T_CLIENT_FRAME, frame_body(f)),
-        Message::SecondaryFrame(f) => (T_SECONDARY_FRAME, frame_body(f)),
-        Message::CheckpointDone(_) => (T_CHECKPOINT_DONE, 8),
-        Message::Heartbeat => (T_HEARTBEAT, 0),
-    };
-    out.reserve(5 + len);
-    out.put_u32(u32::try_from(1 + len).unwrap_or(u32::MAX));
-    out.put_u8(kind);
-    match msg {
-        Message::ClientFrame(f) | Message::SecondaryFrame(f) => {
-            out.put_u32(f.vnet_hdr_len);
-            out.extend_from_slice(&f.data);
-        }
-        Message::CheckpointDone(epoch) => out.put_u64(*epoch),
-        Message::Heartbeat => {}
-    }
+    let parts = Parts::of(msg);
+    out.reserve(parts.head().len() + parts.body.len());
+    out.extend_from_slice(parts.head());
+    out.extend_from_slice(&parts.body);
 }
 
 /// `msg` on the wire.
@@ -218,9 +260,18 @@ impl Decoder {
         }
     }
 
-    /// Append received bytes.
+    /// Append received bytes (tests; the link reads into [`Decoder::read_buffer`]).
+    #[cfg(test)]
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer to read into directly , with at least
+    /// `min_free` bytes of spare capacity; whatever is appended to it is decoded by
+    /// the next [`Decoder::poll`]. Messages are slices of it, so nothing is copied.
+    pub fn read_buffer(&mut self, min_free: usize) -> &mut BytesMut {
+        self.buf.reserve(min_free);
+        &mut self.buf
     }
 
     /// The next whole message, if one is buffered.
@@ -327,6 +378,14 @@ mod tests {
         for m in &msgs {
             encode(m, &mut wire);
         }
+        // The wire format of docs/link-protocol.md, byte for byte.
+        assert_eq!(&wire[..9], &[0, 0, 0, 65, 1, 0, 0, 0, 0]);
+        assert_eq!(&wire[69..74], &[0, 0, 0, 1, 4]);
+        assert_eq!(&wire[74..83], &[0, 0, 0, 85, 2, 0, 0, 0, 10]);
+        assert_eq!(
+            &wire[wire.len() - 13..],
+            &[0, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 0, 42]
+        );
         for step in [1, 3, 7, wire.len()] {
             let mut d = Decoder::new(256 * 1024);
             let mut got = Vec::new();

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use anyhow::Context as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use colo_core::Frame;
 use colo_core::codec::{DecoderConfig, frame_from_datagram};
 use tokio::net::UdpSocket;
@@ -217,7 +217,7 @@ impl Port {
                 }
                 let max = decoder.max_frame_len;
                 tokio::select! {
-                    () = tap.recv_frames(role, |packet| deliver_packet(packet, role, max, &tx, &wrap)) => {}
+                    () = tap.recv_frames(role, PACKET_BATCH, |packets| deliver_packets(packets, role, max, &tx, &wrap)) => {}
                     _ = send_queued(&queue, role, |b: Bytes| tap.send(b)) => {}
                 }
             }
@@ -225,8 +225,51 @@ impl Port {
     }
 }
 
-/// Receive datagrams as frames until the driver is gone. Bad datagrams (empty, too
-/// long) are logged and skipped.
+/// Most packets (datagrams, TAP reads) read per wake-up and handed over as one batch.
+pub const PACKET_BATCH: usize = 256;
+
+/// Largest packet a TAP device or a UDP socket can hand over.
+const MAX_PACKET: usize = 65_536;
+
+/// Received packets are read into a scratch buffer and copied into a shared
+/// allocation they are then slices of, so a packet costs a copy of its own bytes but
+/// no allocation of its own.
+#[derive(Debug)]
+pub(crate) struct PacketArena {
+    scratch: Vec<u8>,
+    arena: BytesMut,
+}
+
+impl PacketArena {
+    /// Bytes allocated at a time for the packets' slices.
+    const CHUNK: usize = 64 * 1024;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            scratch: vec![0u8; MAX_PACKET],
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// Where the next packet is read into.
+    pub(crate) fn scratch(&mut self) -> &mut [u8] {
+        &mut self.scratch
+    }
+
+    /// The first `n` bytes of the scratch buffer as a packet of their own.
+    pub(crate) fn take(&mut self, n: usize) -> Bytes {
+        let n = n.min(self.scratch.len());
+        if self.arena.capacity() < n {
+            self.arena = BytesMut::with_capacity(Self::CHUNK.max(n));
+        }
+        self.arena.extend_from_slice(&self.scratch[..n]);
+        self.arena.split().freeze()
+    }
+}
+
+/// Receive datagrams as frames, every one ready (at most [`PACKET_BATCH`]) per
+/// wake-up as one batch, until the driver is gone. Bad datagrams (empty, too long)
+/// are logged and skipped.
 async fn recv_datagrams<E, W>(
     sock: &UdpSocket,
     role: &'static str,
@@ -236,9 +279,9 @@ async fn recv_datagrams<E, W>(
 ) where
     W: Fn(Vec<Frame>) -> E,
 {
-    let mut buf = vec![0u8; 65_536];
+    let mut arena = PacketArena::new();
     loop {
-        let n = match sock.recv_from(&mut buf).await {
+        let n = match sock.recv_from(arena.scratch()).await {
             Ok((n, _)) => n,
             Err(e) => {
                 // ICMP errors of earlier sends surface here; they are not fatal.
@@ -246,16 +289,28 @@ async fn recv_datagrams<E, W>(
                 continue;
             }
         };
-        if !deliver_packet(Bytes::copy_from_slice(&buf[..n]), role, max, tx, wrap).await {
+        let mut batch = vec![arena.take(n)];
+        while batch.len() < PACKET_BATCH {
+            match sock.try_recv_from(arena.scratch()) {
+                Ok((n, _)) => batch.push(arena.take(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(role, error = %e, "UDP receive error");
+                    break;
+                }
+            }
+        }
+        if !deliver_packets(batch, role, max, tx, wrap).await {
             return;
         }
     }
 }
 
-/// Hand one received packet (a datagram, a TAP read) to the driver as a frame. A bad
-/// one (empty, too long) is logged and skipped. `false` when the driver is gone.
-async fn deliver_packet<E, W>(
-    packet: Bytes,
+/// Hand received packets (datagrams, TAP reads) to the driver as one batch of
+/// frames. A bad one (empty, too long) is logged and skipped. `false` when the driver
+/// is gone.
+async fn deliver_packets<E, W>(
+    packets: Vec<Bytes>,
     role: &'static str,
     max: usize,
     tx: &mpsc::Sender<E>,
@@ -264,13 +319,14 @@ async fn deliver_packet<E, W>(
 where
     W: Fn(Vec<Frame>) -> E,
 {
-    match frame_from_datagram(packet, max) {
-        Ok(frame) => tx.send(wrap(vec![frame])).await.is_ok(),
-        Err(e) => {
-            tracing::warn!(role, error = %e, "packet skipped");
-            true
+    let mut frames = Vec::with_capacity(packets.len());
+    for packet in packets {
+        match frame_from_datagram(packet, max) {
+            Ok(frame) => frames.push(frame),
+            Err(e) => tracing::warn!(role, error = %e, "packet skipped"),
         }
     }
+    frames.is_empty() || tx.send(wrap(frames)).await.is_ok()
 }
 
 #[cfg(test)]

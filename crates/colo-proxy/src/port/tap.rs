@@ -1,10 +1,13 @@
 //! A TAP device as a port: `tun-tap` opens (and if need be creates) the device
 //! without packet information; the file descriptor is non-blocking and driven by
-//! tokio's [`AsyncFd`]. One read is one frame, one write is one frame.
+//! tokio's [`AsyncFd`]. One read is one frame, one write is one frame; every frame
+//! ready at a wake-up is read before the batch is handed over.
 
 use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tun_tap::{Iface, Mode};
+
+use super::PacketArena;
 
 /// An open TAP device.
 #[derive(Debug)]
@@ -26,14 +29,15 @@ impl Tap {
         Ok(Self { fd })
     }
 
-    /// Read packets and hand each to `deliver` until it says the driver is gone.
-    /// Failed reads are logged and skipped.
-    pub async fn recv_frames<D, F>(&self, role: &'static str, mut deliver: D)
+    /// Read packets, every one ready (at most `max_batch`) per wake-up, and hand
+    /// them to `deliver` as one batch until it says the driver is gone. Failed reads
+    /// are logged and skipped.
+    pub async fn recv_frames<D, F>(&self, role: &'static str, max_batch: usize, mut deliver: D)
     where
-        D: FnMut(Bytes) -> F,
+        D: FnMut(Vec<Bytes>) -> F,
         F: std::future::Future<Output = bool>,
     {
-        let mut buf = vec![0u8; 65_536];
+        let mut arena = PacketArena::new();
         loop {
             let mut guard = match self.fd.readable().await {
                 Ok(g) => g,
@@ -42,15 +46,19 @@ impl Tap {
                     return;
                 }
             };
-            let n = match guard.try_io(|inner| inner.get_ref().recv(&mut buf)) {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    tracing::warn!(role, error = %e, "TAP read failed");
-                    continue;
+            let mut batch = Vec::new();
+            while batch.len() < max_batch {
+                match guard.try_io(|inner| inner.get_ref().recv(arena.scratch())) {
+                    Ok(Ok(n)) => batch.push(arena.take(n)),
+                    Ok(Err(e)) => {
+                        tracing::warn!(role, error = %e, "TAP read failed");
+                        break;
+                    }
+                    // Readiness cleared: the next `readable` waits for more.
+                    Err(_would_block) => break,
                 }
-                Err(_would_block) => continue,
-            };
-            if !deliver(Bytes::copy_from_slice(&buf[..n])).await {
+            }
+            if !batch.is_empty() && !deliver(batch).await {
                 return;
             }
         }

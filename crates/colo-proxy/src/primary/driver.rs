@@ -5,7 +5,7 @@ use colo_core::{Frame, Instant, Side};
 use serde_json::{Map, Value, json};
 
 use crate::compare;
-use crate::link::proto::{self, Message};
+use crate::link::proto::Message;
 use crate::link::{self, LinkEvent, RoleEvent as Event};
 use crate::shell::Clock;
 use crate::shell::control::Command;
@@ -51,8 +51,8 @@ pub struct Driver {
 }
 
 impl Driver {
-    fn client_frame(&mut self, frame: Frame) {
-        let now = self.compare.clock.now();
+    /// A frame from the client port (`now`: read once per batch).
+    fn client_frame(&mut self, now: Instant, frame: Frame) {
         self.mirror.client_frames += 1;
         self.mirror.client_bytes += frame.data.len() as u64;
         self.compare.engine.observe_client_frame(now, &frame);
@@ -61,7 +61,7 @@ impl Driver {
             self.mirror.skipped += 1;
             return;
         }
-        if self.link.push(proto::encoded(&Message::ClientFrame(frame))) {
+        if link::push_message(&self.link, &Message::ClientFrame(frame)) {
             self.mirror.mirrored += 1;
             return;
         }
@@ -100,15 +100,24 @@ impl Driver {
 
     fn link_event(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Message(Message::SecondaryFrame(frame)) => {
+            LinkEvent::Messages(msgs) => {
                 let now = self.compare.clock.now();
-                self.compare
-                    .engine
-                    .handle_frame(now, Side::Secondary, frame);
-            }
-            LinkEvent::Message(other) => {
-                self.mirror.unexpected += 1;
-                tracing::debug!(message = other.name(), "unexpected link message ignored");
+                for msg in msgs {
+                    match msg {
+                        Message::SecondaryFrame(frame) => {
+                            self.compare
+                                .engine
+                                .handle_frame(now, Side::Secondary, frame);
+                        }
+                        other => {
+                            self.mirror.unexpected += 1;
+                            tracing::debug!(
+                                message = other.name(),
+                                "unexpected link message ignored"
+                            );
+                        }
+                    }
+                }
             }
             LinkEvent::ProtocolError(why) => {
                 self.mirror.protocol_errors += 1;
@@ -136,8 +145,9 @@ impl Role for Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Client(frames) => {
+                let now = self.compare.clock.now();
                 for frame in frames {
-                    self.client_frame(frame);
+                    self.client_frame(now, frame);
                 }
             }
             Event::Vm(frames) => self
@@ -159,9 +169,7 @@ impl Role for Driver {
             Command::CheckpointDone => {
                 // Queued even while the link is down: it goes out when it is back.
                 let epoch = self.compare.engine.epoch();
-                let sent = self
-                    .link
-                    .push(proto::encoded(&Message::CheckpointDone(epoch)));
+                let sent = link::push_message(&self.link, &Message::CheckpointDone(epoch));
                 reply.insert("forwarded".into(), json!(sent));
             }
             Command::Stats => {

@@ -10,7 +10,7 @@ use colo_core::{Frame, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use crate::link::proto::{self, Message};
+use crate::link::proto::Message;
 use crate::link::{self, LinkEvent, RoleEvent as Event};
 use crate::shell::control::{Command, event_line};
 use crate::shell::driver::{Peers, Role};
@@ -93,11 +93,11 @@ impl Driver {
         let _ = self.events.send(event_line(name, fields));
     }
 
-    /// Client traffic on its way into the secondary VM.
-    fn client_into_svm(&mut self, mut frame: Frame) {
-        let verdict =
-            self.rewriter
-                .rewrite_frame(self.clock.now(), Direction::ToSecondary, &mut frame);
+    /// Client traffic on its way into the secondary VM (`now`: read once per batch).
+    fn client_into_svm(&mut self, now: Instant, mut frame: Frame) {
+        let verdict = self
+            .rewriter
+            .rewrite_frame(now, Direction::ToSecondary, &mut frame);
         // Released held frames are older than this one: they go first.
         self.drain_released();
         self.forward(verdict, &frame, Direction::ToSecondary);
@@ -132,10 +132,7 @@ impl Driver {
             self.counters.svm_link_down += 1;
             return;
         }
-        if !self
-            .link
-            .push(proto::encoded(&Message::SecondaryFrame(frame.clone())))
-        {
+        if !link::push_message(&self.link, &Message::SecondaryFrame(frame.clone())) {
             self.counters.link_overflow += 1;
             if self.counters.link_overflow.is_power_of_two() {
                 tracing::warn!(
@@ -152,39 +149,50 @@ impl Driver {
         }
     }
 
-    fn svm_frame(&mut self, mut frame: Frame) {
+    fn svm_frame(&mut self, now: Instant, mut frame: Frame) {
         self.counters.svm_in[0] += 1;
         self.counters.svm_in[1] += frame.data.len() as u64;
         self.addresses.learn(frame.ethernet_bytes());
-        let verdict =
-            self.rewriter
-                .rewrite_frame(self.clock.now(), Direction::FromSecondary, &mut frame);
+        let verdict = self
+            .rewriter
+            .rewrite_frame(now, Direction::FromSecondary, &mut frame);
         self.drain_released();
         self.forward(verdict, &frame, Direction::FromSecondary);
     }
 
     fn link_event(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Message(Message::ClientFrame(frame)) => {
+            LinkEvent::Messages(msgs) => {
+                let now = self.clock.now();
+                for msg in msgs {
+                    self.link_message(now, msg);
+                }
+            }
+            LinkEvent::ProtocolError(why) => {
+                self.counters.protocol_errors += 1;
+                self.event(link::error_fields(why), "link-error");
+            }
+        }
+    }
+
+    fn link_message(&mut self, now: Instant, msg: Message) {
+        match msg {
+            Message::ClientFrame(frame) => {
                 self.counters.link_client[0] += 1;
                 self.counters.link_client[1] += frame.data.len() as u64;
                 if self.failed_over {
                     self.counters.link_ignored += 1;
                 } else {
-                    self.client_into_svm(frame);
+                    self.client_into_svm(now, frame);
                 }
             }
-            LinkEvent::Message(Message::CheckpointDone(epoch)) => {
+            Message::CheckpointDone(epoch) => {
                 self.counters.last_link_epoch = epoch;
                 self.checkpoint_done(DoneSource::Link);
             }
-            LinkEvent::Message(other) => {
+            other => {
                 self.counters.unexpected += 1;
                 tracing::debug!(message = other.name(), "unexpected link message ignored");
-            }
-            LinkEvent::ProtocolError(why) => {
-                self.counters.protocol_errors += 1;
-                self.event(link::error_fields(why), "link-error");
             }
         }
     }
@@ -324,16 +332,18 @@ impl Role for Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Vm(frames) => {
+                let now = self.clock.now();
                 for frame in frames {
-                    self.svm_frame(frame);
+                    self.svm_frame(now, frame);
                 }
             }
             Event::Client(frames) => {
+                let now = self.clock.now();
                 for frame in frames {
                     if self.failed_over {
                         self.counters.client_in[0] += 1;
                         self.counters.client_in[1] += frame.data.len() as u64;
-                        self.client_into_svm(frame);
+                        self.client_into_svm(now, frame);
                     } else {
                         self.counters.client_ignored += 1;
                     }

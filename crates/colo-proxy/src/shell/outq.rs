@@ -50,11 +50,15 @@ pub const WRITE_BATCH_FRAMES: usize = 256;
 /// Most bytes one vectored write takes.
 pub const WRITE_BATCH_BYTES: usize = 512 * 1024;
 
+/// Longest prefix an entry can have (a link message's fixed part is at most 13).
+pub const HEAD_MAX: usize = 16;
+
 /// One queued frame: its framing prefix and its bytes.
 #[derive(Debug, Clone)]
 struct Wire {
-    /// The QEMU framing prefix (`len`, then `vnet_hdr_len` if on); `head_len` bytes.
-    head: [u8; 8],
+    /// The framing prefix (QEMU's `len`, then `vnet_hdr_len` if on; or a link
+    /// message's length, type and fixed fields); `head_len` bytes.
+    head: [u8; HEAD_MAX],
     head_len: u8,
     body: Bytes,
 }
@@ -66,6 +70,19 @@ impl Wire {
 
     fn head(&self) -> &[u8] {
         &self.head[..usize::from(self.head_len)]
+    }
+
+    /// The entry as one piece: packet outputs queue bare frames, so this is the
+    /// frame's own `Bytes`, not a copy; an entry with a prefix is copied once.
+    fn into_packet(self) -> Bytes {
+        if self.head_len == 0 {
+            self.body
+        } else {
+            let mut b = bytes::BytesMut::with_capacity(self.len());
+            b.extend_from_slice(self.head());
+            b.extend_from_slice(&self.body);
+            b.freeze()
+        }
     }
 }
 
@@ -106,9 +123,25 @@ impl OutQueue {
     /// if they did not fit and were dropped (counted).
     pub fn push(&self, wire: Bytes) -> bool {
         self.push_wire(Wire {
-            head: [0; 8],
+            head: [0; HEAD_MAX],
             head_len: 0,
             body: wire,
+        })
+    }
+
+    /// Queue an entry made of a short prefix (at most [`HEAD_MAX`] bytes; longer is
+    /// a bug and truncated) and a body that is not copied, written back to back;
+    /// `false` if it did not fit and was dropped (counted).
+    pub fn push_parts(&self, prefix: &[u8], body: Bytes) -> bool {
+        debug_assert!(prefix.len() <= HEAD_MAX, "prefix of {} bytes", prefix.len());
+        let n = prefix.len().min(HEAD_MAX);
+        let mut head = [0u8; HEAD_MAX];
+        head[..n].copy_from_slice(&prefix[..n]);
+        self.push_wire(Wire {
+            head,
+            // n <= HEAD_MAX = 16.
+            head_len: n as u8,
+            body,
         })
     }
 
@@ -118,9 +151,9 @@ impl OutQueue {
     pub fn push_frame(&self, frame: &Frame, vnet_hdr: bool) -> bool {
         // The decoder's max_frame_len bounds every frame far below 4 GiB.
         let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
-        let mut head = [0u8; 8];
+        let mut head = [0u8; HEAD_MAX];
         head[..4].copy_from_slice(&len.to_be_bytes());
-        head[4..].copy_from_slice(&frame.vnet_hdr_len.to_be_bytes());
+        head[4..8].copy_from_slice(&frame.vnet_hdr_len.to_be_bytes());
         self.push_wire(Wire {
             head,
             head_len: if vnet_hdr { 8 } else { 4 },
@@ -172,32 +205,6 @@ impl OutQueue {
             }
             bytes += w.len();
             out.push(w.clone());
-        }
-    }
-
-    /// The entry at the front as one packet, if any (packet outputs queue bare
-    /// frames, so this is the frame's own `Bytes`, not a copy).
-    fn front_packet(&self) -> Option<Bytes> {
-        let q = self.lock();
-        let w = q.frames.front()?;
-        Some(if w.head_len == 0 {
-            w.body.clone()
-        } else {
-            let mut b = bytes::BytesMut::with_capacity(w.len());
-            b.extend_from_slice(w.head());
-            b.extend_from_slice(&w.body);
-            b.freeze()
-        })
-    }
-
-    /// The entry at the front as one piece, waiting for one if the queue is empty.
-    /// It stays queued until [`OutQueue::pop_written`].
-    pub async fn next(&self) -> Bytes {
-        loop {
-            if let Some(b) = self.front_packet() {
-                return b;
-            }
-            self.notify.notified().await;
         }
     }
 
@@ -321,6 +328,44 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -
     }
 }
 
+/// [`write_queued`] for a connection that must never fall silent (the link): every
+/// `interval`, busy or idle, `keepalive` is written too (between batches, never
+/// inside an entry). Runs until a write fails; returns why.
+pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    queue: &OutQueue,
+    interval: std::time::Duration,
+    keepalive: &[u8],
+) -> String {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    // The first keepalive goes out at once, then one per interval (a late one
+    // restarts the interval, as tokio's `MissedTickBehavior::Delay` would).
+    let mut due = tokio::time::Instant::now();
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= due {
+            if let Err(e) = wr.write_all(keepalive).await {
+                return e.to_string();
+            }
+            due = now + interval;
+        }
+        batch.clear();
+        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
+        if batch.is_empty() {
+            // Only an empty queue waits; a push into it stores a wake-up.
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(due) => {}
+                () = queue.notify.notified() => {}
+            }
+            continue;
+        }
+        if let Err(e) = write_batch(wr, queue, &batch).await {
+            return e.to_string();
+        }
+    }
+}
+
 /// Hand the next queued entry to `send` (a datagram socket, a TAP device: each entry
 /// is one whole packet), waiting for one when the queue is empty. An entry that
 /// `send` fails on is dropped and counted, as a lossy link would lose it.
@@ -329,15 +374,28 @@ where
     F: FnMut(Bytes) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     loop {
-        let frame = queue.next().await;
-        match send(frame).await {
-            Ok(()) => queue.pop_written(1),
-            Err(e) => {
-                tracing::debug!(role, error = %e, "send failed; frame dropped");
-                queue.pop_failed();
+        // Everything queued (up to a batch) per wake-up, one lock to take it.
+        batch.clear();
+        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
+        if batch.is_empty() {
+            queue.notify.notified().await;
+            continue;
+        }
+        let mut sent = 0;
+        for w in batch.drain(..) {
+            match send(w.into_packet()).await {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    tracing::debug!(role, error = %e, "send failed; frame dropped");
+                    queue.pop_written(sent);
+                    sent = 0;
+                    queue.pop_failed();
+                }
             }
         }
+        queue.pop_written(sent);
     }
 }
 
