@@ -59,8 +59,11 @@ use std::time::Duration;
 
 use colo_core::Frame;
 use colo_core::classify::TcpFlags;
-use colo_core::sim::{FlowAddrs, Segment, TcpSender, Towards, tcp_frame, udp_frame};
-use common::{Control, Proxy, QEMU, Qemu, qemu_path, read_for, read_frames, wait_for_paths, wire};
+use colo_core::sim::{FlowAddrs, TcpSender, Towards, udp_frame};
+use common::{
+    C_ISN, Control, P_ISN, Proxy, QEMU, Qemu, S_ISN, qemu_path, read_for, read_frames, seg,
+    wait_for_paths, wire,
+};
 
 /// How long a socket must stay silent to count as "nothing more came".
 const QUIET: Duration = Duration::from_millis(300);
@@ -179,8 +182,39 @@ fn qemu_with_stream_netdev() -> Option<String> {
     Some(bin)
 }
 
-fn vnet_opt(vnet: bool) -> &'static str {
-    if vnet { ",vnet_hdr_support=on" } else { "" }
+/// The netfilters of QEMU's documented COLO setup, by their ids there (see the
+/// module comment), without the vnet option. `m0` on the primary's tap copies the
+/// client's traffic to the secondary; `M0_PVM` is the same mirror on the PVM's
+/// output instead.
+const M0: &str = "filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0";
+const M0_PVM: &str = "filter-mirror,id=m0,netdev=pvm,queue=tx,outdev=compare0";
+const REDIRE0: &str = "filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out";
+const REDIRE1: &str = "filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0";
+const F1: &str = "filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0";
+const F2: &str = "filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1";
+
+/// `specs` in creation order, each with `vnet_hdr_support=on` when `vnet`.
+fn filters(specs: &[&str], vnet: bool) -> Vec<String> {
+    let v = if vnet { ",vnet_hdr_support=on" } else { "" };
+    specs.iter().map(|spec| format!("{spec}{v}")).collect()
+}
+
+/// The chardevs to `colo-proxy compare`'s primary input and outdev.
+fn compare_chardevs(compare: &Proxy) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("compare0", compare.path("pri.sock")),
+        ("compare_out", compare.path("out.sock")),
+    ]
+}
+
+/// The chardevs to `colo-proxy rewrite`'s to-secondary-in, to-secondary-out and
+/// from-secondary-in.
+fn rewrite_chardevs(rewrite: &Proxy) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("mirror0", rewrite.path("to_in.sock")),
+        ("red0", rewrite.path("to_out.sock")),
+        ("red1", rewrite.path("from_in.sock")),
+    ]
 }
 
 /// VM output over every kind the issue names: TCP and UDP over IPv4 and IPv6, and
@@ -264,7 +298,6 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
     };
     let (mut proxy, mut ctl) = start_compare(vnet);
     let mut out = proxy.connect("out.sock");
-    let v = vnet_opt(vnet);
     let mut lab = Lab::start(
         &bin,
         &Wiring {
@@ -273,10 +306,7 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
                 ("compare0", proxy.path("pri.sock")),
                 ("red1", proxy.path("sec.sock")),
             ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=pvm,queue=tx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            filters: filters(&[M0_PVM, F2], vnet),
         },
     );
 
@@ -340,22 +370,15 @@ fn redirectors_around_compare(vnet: bool) {
         return;
     };
     let (mut proxy, mut ctl) = start_compare(vnet);
-    let v = vnet_opt(vnet);
+    let mut chardevs = compare_chardevs(&proxy);
+    chardevs.push(("red1", proxy.path("sec.sock")));
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("compare0", proxy.path("pri.sock")),
-                ("compare_out", proxy.path("out.sock")),
-                ("red1", proxy.path("sec.sock")),
-            ],
-            filters: vec![
-                // The indev redirector first: see the module comment.
-                format!("filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out{v}"),
-                format!("filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs,
+            // The indev redirector first: see the module comment.
+            filters: filters(&[REDIRE0, REDIRE1, F2], vnet),
         },
     );
 
@@ -405,44 +428,15 @@ fn qemu_filters_redirectors_around_compare_vnet() {
     redirectors_around_compare(true);
 }
 
-const C_ISN: u32 = 1_000;
-const P_ISN: u32 = 5_000_000;
-const S_ISN: u32 = 77;
-
-fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
-    tcp_frame(
-        &FlowAddrs::v4(1),
-        towards,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            payload,
-            ..Segment::default()
-        },
-    )
-}
-
 /// `colo-proxy rewrite` listening on `to_in.sock`, `to_out.sock`, `from_in.sock` and
 /// the control socket `ctl.sock`; its from-secondary-out is `from_secondary_out`
 /// (`{dir}` is its directory). Returns it with its control socket connected.
 fn start_rewrite(vnet: bool, from_secondary_out: &str) -> (Proxy, Control) {
-    let mut args = vec![
-        "--to-secondary-in",
-        "unix:{dir}/to_in.sock",
-        "--to-secondary-out",
-        "unix:{dir}/to_out.sock",
-        "--from-secondary-in",
-        "unix:{dir}/from_in.sock",
-        "--from-secondary-out",
-        from_secondary_out,
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ];
+    let mut extra = vec!["--control", "unix:{dir}/ctl.sock"];
     if vnet {
-        args.push("--vnet-hdr-support");
+        extra.push("--vnet-hdr-support");
     }
-    let mut proxy = Proxy::start_role("rewrite", &args);
+    let mut proxy = Proxy::start_rewrite(from_secondary_out, &extra);
     wait_for_paths(
         &mut proxy,
         &["to_in.sock", "to_out.sock", "from_in.sock", "ctl.sock"],
@@ -464,21 +458,12 @@ fn rewrite_between_redirectors(vnet: bool) {
     };
     let (mut proxy, mut ctl) = start_rewrite(vnet, "unix:{dir}/from_out.sock");
     let mut from_out = proxy.connect("from_out.sock");
-    let v = vnet_opt(vnet);
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("mirror0", proxy.path("to_in.sock")),
-                ("red0", proxy.path("to_out.sock")),
-                ("red1", proxy.path("from_in.sock")),
-            ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0{v}"),
-                format!("filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs: rewrite_chardevs(&proxy),
+            filters: filters(&[M0, F1, F2], vnet),
         },
     );
     let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);
@@ -573,25 +558,14 @@ fn full_pair_through_qemu_filters(vnet: bool) {
     let (mut compare, mut compare_ctl) = start_compare(vnet);
     let to_compare = format!("unix:{},connect", compare.path("sec.sock").display());
     let (mut rewrite, mut rewrite_ctl) = start_rewrite(vnet, &to_compare);
-    let v = vnet_opt(vnet);
+    let mut chardevs = compare_chardevs(&compare);
+    chardevs.extend(rewrite_chardevs(&rewrite));
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("compare0", compare.path("pri.sock")),
-                ("compare_out", compare.path("out.sock")),
-                ("mirror0", rewrite.path("to_in.sock")),
-                ("red0", rewrite.path("to_out.sock")),
-                ("red1", rewrite.path("from_in.sock")),
-            ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0{v}"),
-                format!("filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out{v}"),
-                format!("filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs,
+            filters: filters(&[M0, REDIRE0, REDIRE1, F1, F2], vnet),
         },
     );
     let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use colo_core::classify::TcpFlags;
-use colo_core::sim::{CLIENT_MAC, FlowAddrs, Segment, TcpSender, Towards, VM_MAC, tcp_frame};
+use colo_core::sim::{
+    CLIENT_MAC, FlowAddrs, Segment, TcpSender, Towards, VM_MAC, client_tcp, tcp_frame,
+};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 
 use super::args::ReplayArgs;
@@ -423,19 +425,7 @@ fn a_side_caught_mid_message_costs_one_more_checkpoint_unless_the_checkpoint_las
     let build = |isn: u32, first: &[u8], sizes: usize| -> Vec<Rec> {
         let mut vm = TcpSender::new(a, isn, 5001);
         let client = |seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]| {
-            tcp_frame(
-                &a,
-                Towards::Vm,
-                &Segment {
-                    seq,
-                    ack,
-                    flags,
-                    payload,
-                    ..Segment::default()
-                },
-            )
-            .data
-            .to_vec()
+            client_tcp(&a, seq, ack, flags, payload).data.to_vec()
         };
         let mut out = vec![(0, client(5000, 0, TcpFlags::SYN, b""))];
         out.push((50, vm.syn_ack().data.to_vec()));
