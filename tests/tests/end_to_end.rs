@@ -53,6 +53,14 @@ fn lab_or_skip(config: &TwinConfig) -> Option<TwinLab> {
     Some(TwinLab::start(config).unwrap_or_else(|e| panic!("building the two-host lab: {e}")))
 }
 
+/// The lab with [`config`] and the test service running in both VMs, or `None`
+/// (after saying why) where the lab cannot be built.
+fn lab_with_services() -> Option<TwinLab> {
+    let mut lab = lab_or_skip(&config())?;
+    start_services(&mut lab);
+    Some(lab)
+}
+
 fn start_services(lab: &mut TwinLab) {
     let args = [
         "serve".to_owned(),
@@ -311,10 +319,9 @@ fn direct_path_lab_check() {
 /// asks for no checkpoint.
 #[test]
 fn deterministic_bulk_and_small_messages() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 100 * MIB;
     const CONNS: u32 = 200;
     const MESSAGES: u32 = 25;
@@ -357,10 +364,9 @@ fn deterministic_bulk_and_small_messages() {
 /// IPv6 TCP, and UDP over IPv4 and IPv6: identical answers, no checkpoint.
 #[test]
 fn deterministic_ipv6_and_udp() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 16 * MIB;
     let bulk = client(&lab, &bulk_args(vm_addr(true, BULK_PORT), BULK), "bulk v6");
     let echo = client(
@@ -488,10 +494,9 @@ fn vm_initiated_connections() {
 /// secondary's stack a copy of the primary's.
 #[test]
 fn nondeterministic_reply_requests_checkpoint() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     // Deterministic first: nothing to report.
     let echo = client(&lab, &echo_args(vm_addr(false, ECHO_PORT), 1, 5), "echo");
     let echo = finish(&lab, echo, Duration::from_secs(30));
@@ -570,10 +575,9 @@ fn nondeterministic_reply_requests_checkpoint() {
 /// gets the primary's datagram.
 #[test]
 fn nondeterministic_udp_reply_requests_checkpoint() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     let server = vm_addr(true, UDP_NONDET_PORT);
     let (_, flow) = diverging_exchange(
         &mut lab,
@@ -628,10 +632,9 @@ enum Cut {
 /// The secondary host is lost mid-transfer: the primary says it is degraded and the
 /// download completes, every byte once; new connections are served.
 fn secondary_cut_mid_transfer(cut: Cut) {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 48 * MIB;
     let bulk = download_in_progress(&lab, false, BULK, 8 * MIB);
     match cut {
@@ -735,10 +738,9 @@ fn secondary_frozen_mid_transfer_degrades_by_heartbeat_then_comes_back() {
 /// sends duplicate ACKs on the open connection, takes the connection over, still
 /// rewriting, and the download completes with every byte once.
 fn primary_cut_failover(v6: bool) {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 48 * MIB;
     let bulk = download_in_progress(&lab, v6, BULK, 8 * MIB);
     let local = local_addr(&bulk);
