@@ -534,21 +534,7 @@ fn nondeterministic_reply_requests_checkpoint() {
     );
 
     // Every request concerned that connection.
-    thread::sleep(EVENT_GRACE);
-    for e in lab
-        .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-    {
-        assert_eq!(
-            e["flow"],
-            flow.to_string(),
-            "a request for another flow: {e}"
-        );
-    }
-    let before = lab
-        .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-        .len();
+    let before = checkpoints_only_for(&mut lab, &flow);
 
     // A new deterministic connection after the checkpoint compares cleanly again.
     let echo = client(
@@ -586,17 +572,24 @@ fn nondeterministic_udp_reply_requests_checkpoint() {
         server,
         "datagram",
     );
+    checkpoints_only_for(&mut lab, &flow);
+}
+
+/// After [`EVENT_GRACE`], every checkpoint the primary asked for was for `flow`;
+/// returns how many it asked for.
+fn checkpoints_only_for(lab: &mut TwinLab, flow: &FlowKey) -> usize {
     thread::sleep(EVENT_GRACE);
-    for e in lab
+    let requests = lab
         .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-    {
+        .events_named("checkpoint-requested");
+    for e in &requests {
         assert_eq!(
             e["flow"],
             flow.to_string(),
             "a request for another flow: {e}"
         );
     }
+    requests.len()
 }
 
 /// Start a download, wait until the client has `at_least` bytes.

@@ -250,15 +250,6 @@ fn vm_output() -> Vec<Frame> {
     frames
 }
 
-/// A UDP datagram over IPv6 that reads differently on the secondary.
-fn diverging_pair() -> (Frame, Frame) {
-    let addrs = FlowAddrs::v6(7);
-    (
-        udp_frame(&addrs, Towards::Client, b"reading=1111"),
-        udp_frame(&addrs, Towards::Client, b"reading=2222"),
-    )
-}
-
 /// `colo-proxy compare` listening on `pri.sock`, `sec.sock`, `out.sock` and the
 /// control socket `ctl.sock`, with its control socket connected.
 fn start_compare(vnet: bool) -> (Proxy, Control) {
@@ -275,9 +266,15 @@ fn start_compare(vnet: bool) -> (Proxy, Control) {
     (proxy, ctl)
 }
 
-/// The divergence asks for a checkpoint on the control socket; the primary's
-/// frame is held until `checkpoint-done`.
-fn expect_checkpoint(ctl: &mut Control) {
+/// Both VMs send a UDP datagram over IPv6 that reads differently on the secondary
+/// (the SVM's first): the divergence asks for a checkpoint on the control socket.
+/// Returns the primary's frame, which is held until `checkpoint-done`.
+fn diverge(lab: &mut Lab, ctl: &mut Control) -> Frame {
+    let addrs = FlowAddrs::v6(7);
+    let pri = udp_frame(&addrs, Towards::Client, b"reading=1111");
+    let sec = udp_frame(&addrs, Towards::Client, b"reading=2222");
+    lab.send("svm", &[sec]);
+    lab.send("pvm", std::slice::from_ref(&pri));
     let ev = ctl.event("checkpoint-requested");
     println!("checkpoint event: {ev}");
     assert_eq!(ev["v"], 1, "{ev}");
@@ -286,6 +283,7 @@ fn expect_checkpoint(ctl: &mut Control) {
         ev["flow"], "udp [fd00::1]:80 <-> [fd00::7]:1031",
         "the IPv6 datagram diverged: {ev}"
     );
+    pri
 }
 
 /// (1) filter-mirror (PVM output, `queue=tx` on `pvm`) feeds primary_in and
@@ -332,10 +330,7 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
     assert!(lab.quiet("hn1"), "filter-redirector passed a frame on");
     assert!(lab.quiet("pvm") && lab.quiet("svm"), "nothing flows back");
 
-    let (pri, sec) = diverging_pair();
-    lab.send("svm", std::slice::from_ref(&sec));
-    lab.send("pvm", std::slice::from_ref(&pri));
-    expect_checkpoint(&mut ctl);
+    let pri = diverge(&mut lab, &mut ctl);
     assert!(
         read_for(&mut out, QUIET).is_empty(),
         "held until the checkpoint"
@@ -392,10 +387,7 @@ fn redirectors_around_compare(vnet: bool) {
     assert!(lab.quiet("hn1"), "filter-redirector passed a frame on");
     assert!(lab.quiet("pvm") && lab.quiet("svm"), "nothing flows back");
 
-    let (pri, sec) = diverging_pair();
-    lab.send("svm", std::slice::from_ref(&sec));
-    lab.send("pvm", std::slice::from_ref(&pri));
-    expect_checkpoint(&mut ctl);
+    let pri = diverge(&mut lab, &mut ctl);
     assert!(lab.quiet("hn0"), "held until the checkpoint");
     let done = ctl.command("checkpoint-done");
     assert_eq!(done["ok"], true, "{done}");

@@ -26,6 +26,13 @@ fn compare_of(cli: Cli) -> crate::cli::CompareArgs {
     }
 }
 
+/// The compare timeout `colo-proxy compare` runs with after `argv` was expanded.
+fn compare_timeout_of(argv: Vec<std::ffi::OsString>) -> u64 {
+    compare_of(Cli::try_parse_from(argv).unwrap())
+        .engine
+        .compare_timeout
+}
+
 fn role_of(c: &Command) -> &'static str {
     match c {
         Command::Compare(_) => "compare",
@@ -127,12 +134,7 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
         Some(env_file.path().into()),
     )
     .unwrap();
-    assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap())
-            .engine
-            .compare_timeout,
-        11
-    );
+    assert_eq!(compare_timeout_of(argv), 11);
     let mut flag_file = tempfile::NamedTempFile::new().unwrap();
     write!(flag_file, "[compare]\n{ENDPOINTS}compare-timeout = 22\n").unwrap();
     let argv = expand(
@@ -145,12 +147,7 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
         Some(env_file.path().into()),
     )
     .unwrap();
-    assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap())
-            .engine
-            .compare_timeout,
-        22
-    );
+    assert_eq!(compare_timeout_of(argv), 22);
 }
 
 #[test]
