@@ -111,6 +111,19 @@ fn echo_args(addr: SocketAddr, conn: u32, count: u32) -> Vec<String> {
     ]
 }
 
+/// An echo client's `count` requests on connection `conn` to `server`, run to the
+/// end; asserts the transcript and returns its output.
+fn echo_ok(lab: &TwinLab, server: SocketAddr, conn: u32, count: u32, label: &str) -> CommandOutput {
+    let echo = client(lab, &echo_args(server, conn, count), label);
+    let echo = finish(lab, echo, Duration::from_secs(30));
+    assert_eq!(
+        echo.stdout,
+        proto::echo_transcript(conn, count),
+        "{label}: transcript"
+    );
+    echo
+}
+
 fn echo_many_args(addr: SocketAddr, conns: u32, count: u32) -> Vec<String> {
     vec![
         "echo-many".into(),
@@ -498,9 +511,7 @@ fn nondeterministic_reply_requests_checkpoint() {
         return;
     };
     // Deterministic first: nothing to report.
-    let echo = client(&lab, &echo_args(vm_addr(false, ECHO_PORT), 1, 5), "echo");
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(1, 5));
+    echo_ok(&lab, vm_addr(false, ECHO_PORT), 1, 5, "echo");
     assert!(
         lab.control(Vm::Primary)
             .events_named("checkpoint-requested")
@@ -537,13 +548,13 @@ fn nondeterministic_reply_requests_checkpoint() {
     let before = checkpoints_only_for(&mut lab, &flow);
 
     // A new deterministic connection after the checkpoint compares cleanly again.
-    let echo = client(
+    echo_ok(
         &lab,
-        &echo_args(vm_addr(false, ECHO_PORT), 2, 5),
+        vm_addr(false, ECHO_PORT),
+        2,
+        5,
         "echo after the checkpoint",
     );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(2, 5));
     thread::sleep(EVENT_GRACE);
     let after = lab
         .control(Vm::Primary)
@@ -653,13 +664,13 @@ fn secondary_cut_mid_transfer(cut: Cut) {
         s["released"]["unchecked"].as_u64().unwrap_or(0) > 0,
         "the primary released output uncompared while degraded: {s}"
     );
-    let echo = client(
+    echo_ok(
         &lab,
-        &echo_args(vm_addr(false, ECHO_PORT), 3, 10),
+        vm_addr(false, ECHO_PORT),
+        3,
+        10,
         "echo while degraded",
     );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(3, 10));
     if matches!(cut, Cut::Freeze) {
         secondary_comes_back(&mut lab);
     }
@@ -688,13 +699,7 @@ fn secondary_comes_back(lab: &mut TwinLab) {
     let before = stats(lab, Vm::Primary);
     assert_eq!(before["mode"], "compare", "{before}");
     let server = vm_addr(false, ECHO_PORT);
-    let echo = client(
-        lab,
-        &echo_args(server, 5, 20),
-        "echo after the secondary came back",
-    );
-    let echo = finish(lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(5, 20));
+    let echo = echo_ok(lab, server, 5, 20, "echo after the secondary came back");
     let flow = client_flow(&echo, FlowProto::Tcp, server);
     thread::sleep(EVENT_GRACE);
     let about_it: Vec<Value> = lab
@@ -779,13 +784,7 @@ fn primary_cut_failover(v6: bool) {
         "the client's frames did not reach the secondary's client port: {s}"
     );
     // The secondary now serves new connections too.
-    let echo = client(
-        &lab,
-        &echo_args(vm_addr(v6, ECHO_PORT), 4, 10),
-        "echo after failover",
-    );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(4, 10));
+    echo_ok(&lab, vm_addr(v6, ECHO_PORT), 4, 10, "echo after failover");
 }
 
 #[test]
