@@ -16,27 +16,14 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p colo-proxy -p colo-bench
 PROXY=${4:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
-OUT=${OUT:-$(mktemp -d)}
-mkdir -p "$OUT"
-DIR=$(mktemp -d)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+. scripts/lib/bench-proxy.sh
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); JSON in $OUT" >&2
 for round in $(seq 1 "$ROUNDS"); do
-    rm -f "$DIR"/*.sock
-    "$PROXY" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
-        --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" 2>"$OUT/proxy-$round.log" &
-    PID=$!
+    start_compare "$PROXY" "$OUT/proxy-$round.log"
     "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
         --outdev "$DIR/out.sock" --frame-size 130 --scale "$STEPS" --scale-frames "$FRAMES" \
         --proxy-pid "$PID" --drain-timeout 30 --json >"$OUT/scale-$round.json" || true
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    PID=
+    stop_proxy
     echo "round $round done (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
 python3 - "$OUT" "$ROUNDS" <<'PY'

@@ -50,25 +50,15 @@ fi
 cargo build --release -q -p colo-proxy -p colo-bench
 PROXY=${PROXY:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
-OUT=${OUT:-$(mktemp -d)}
-mkdir -p "$OUT"
-DIR=$(mktemp -d)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+. scripts/lib/bench-proxy.sh
 
 run_one() { # impl proto size flows mode round
     local impl=$1 proto=$2 size=$3 flows=$4 mode=$5 round=$6
     local tag="$impl-$proto-$size-$flows-$mode-$round"
-    rm -f "$DIR"/*.sock
     if [ "$impl" = qemu ] && [ -n "$AGAINST" ]; then
-        "$AGAINST" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
-            --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" \
-            2>"$OUT/$tag.log" &
+        start_compare "$AGAINST" "$OUT/$tag.log"
     elif [ "$impl" = qemu ]; then
+        rm -f "$DIR"/*.sock
         qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
             -object iothread,id=iot0 \
             -chardev socket,id=pri,path="$DIR/pri.sock",server=on,wait=off \
@@ -76,21 +66,17 @@ run_one() { # impl proto size flows mode round
             -chardev socket,id=out,path="$DIR/out.sock",server=on,wait=off \
             -object colo-compare,id=cc0,primary_in=pri,secondary_in=sec,outdev=out,iothread=iot0 \
             2>"$OUT/$tag.log" &
+        PID=$!
     else
-        "$PROXY" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
-            --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" \
-            2>"$OUT/$tag.log" &
+        start_compare "$PROXY" "$OUT/$tag.log"
     fi
-    PID=$!
     local pace=(--window "$WINDOW")
     [ "$mode" = closed ] && pace=(--mode closed-loop)
     "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
         --outdev "$DIR/out.sock" --proto "$proto" --frame-size "$size" --flows "$flows" \
         "${pace[@]}" --seconds "$SECS" --drain-timeout 3 --proxy-pid "$PID" --json \
         >"$OUT/$tag.json" 2>>"$OUT/$tag.log" || true
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    PID=
+    stop_proxy
 }
 
 CONFIGS=()

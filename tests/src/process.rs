@@ -1,7 +1,7 @@
 //! Child processes that are killed when dropped, and bounded waits on them.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -182,12 +182,69 @@ fn finished(
     }
 }
 
-/// A running command whose stdout and stderr are being collected.
+/// A started command, stdin closed, its stdout collected in the background; killed
+/// and reaped when dropped before it was waited for. The common part of
+/// [`PendingOutput`] and [`WatchedOutput`].
 #[derive(Debug)]
-pub struct PendingOutput {
+struct Collecting {
     child: Option<Child>,
     label: String,
     stdout: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Collecting {
+    /// Start `cmd` with stdin closed and stdout and stderr piped; returns it and its
+    /// stderr for the caller to read.
+    fn spawn(cmd: &mut Command, label: String) -> io::Result<(Self, Option<ChildStderr>)> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().map(collect);
+        let stderr = child.stderr.take();
+        let run = Self {
+            child: Some(child),
+            label,
+            stdout,
+        };
+        Ok((run, stderr))
+    }
+
+    /// Whether the command has exited (or was waited for already).
+    fn exited(&mut self) -> io::Result<bool> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?.is_some()),
+            None => Ok(true),
+        }
+    }
+
+    /// Wait for the command to exit, at most `timeout` (then it is killed): its exit
+    /// status (`None` when killed) and everything it wrote on stdout.
+    fn exit(&mut self, timeout: Duration) -> io::Result<(Option<ExitStatus>, Vec<u8>)> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other("already waited"))?;
+        let status = wait_or_kill(&mut child, timeout)?;
+        let stdout = join_collected(self.stdout.take());
+        Ok((status, stdout))
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running command whose stdout and stderr are being collected.
+#[derive(Debug)]
+pub struct PendingOutput {
+    run: Collecting,
     stderr: Option<JoinHandle<Vec<u8>>>,
 }
 
@@ -200,24 +257,23 @@ fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     })
 }
 
+/// What a [`collect`] thread read (nothing if there was none or it panicked).
+fn join_collected(handle: Option<JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    handle
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default()
+}
+
 impl PendingOutput {
     /// Start `cmd` with stdin closed, collecting stdout and stderr.
     ///
     /// # Errors
     /// The process could not be started.
     pub fn spawn(cmd: &mut Command, label: impl Into<String>) -> io::Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().map(collect);
-        let stderr = child.stderr.take().map(collect);
+        let (run, stderr) = Collecting::spawn(cmd, label.into())?;
         Ok(Self {
-            child: Some(child),
-            label: label.into(),
-            stdout,
-            stderr,
+            run,
+            stderr: stderr.map(collect),
         })
     }
 
@@ -227,31 +283,9 @@ impl PendingOutput {
     /// # Errors
     /// `TimedOut`, or waiting failed.
     pub fn wait(mut self, timeout: Duration) -> io::Result<CommandOutput> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| io::Error::other("already waited"))?;
-        let status = wait_or_kill(&mut child, timeout)?;
-        let stdout = self
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        finished(&self.label, timeout, status, stdout, stderr)
-    }
-}
-
-impl Drop for PendingOutput {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let (status, stdout) = self.run.exit(timeout)?;
+        let stderr = join_collected(self.stderr.take());
+        finished(&self.run.label, timeout, status, stdout, stderr)
     }
 }
 
@@ -271,9 +305,7 @@ pub fn run_with_timeout(
 /// watched while it runs (a download's `progress` lines, to cut a link mid-transfer).
 #[derive(Debug)]
 pub struct WatchedOutput {
-    child: Option<Child>,
-    label: String,
-    stdout: Option<JoinHandle<Vec<u8>>>,
+    run: Collecting,
     stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: Option<JoinHandle<()>>,
 }
@@ -284,15 +316,10 @@ impl WatchedOutput {
     /// # Errors
     /// The process could not be started.
     pub fn spawn(cmd: &mut Command, label: impl Into<String>) -> io::Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().map(collect);
+        let (run, stderr) = Collecting::spawn(cmd, label.into())?;
         let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = std::sync::Arc::clone(&stderr_lines);
-        let stderr = child.stderr.take().map(|err| {
+        let stderr = stderr.map(|err| {
             thread::spawn(move || {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
@@ -304,9 +331,7 @@ impl WatchedOutput {
             })
         });
         Ok(Self {
-            child: Some(child),
-            label: label.into(),
-            stdout,
+            run,
             stderr_lines,
             stderr,
         })
@@ -336,16 +361,13 @@ impl WatchedOutput {
             if let Some(l) = self.stderr_lines().into_iter().find(|l| pred(l)) {
                 return Ok(l);
             }
-            let exited = match self.child.as_mut() {
-                Some(c) => c.try_wait()?.is_some(),
-                None => true,
-            };
+            let exited = self.run.exited()?;
             if exited || Instant::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "{}: no {what} on stderr (exited: {exited}); stderr so far: {:?}",
-                        self.label,
+                        self.run.label,
                         self.stderr_lines()
                     ),
                 ));
@@ -359,29 +381,11 @@ impl WatchedOutput {
     /// # Errors
     /// `TimedOut` (with its stderr), or waiting failed.
     pub fn wait(mut self, timeout: Duration) -> io::Result<CommandOutput> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| io::Error::other("already waited"))?;
-        let status = wait_or_kill(&mut child, timeout)?;
-        let stdout = self
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
+        let (status, stdout) = self.run.exit(timeout)?;
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
         }
         let stderr = self.stderr_lines().join("\n").into_bytes();
-        finished(&self.label, timeout, status, stdout, stderr)
-    }
-}
-
-impl Drop for WatchedOutput {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        finished(&self.run.label, timeout, status, stdout, stderr)
     }
 }

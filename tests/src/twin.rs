@@ -648,26 +648,25 @@ impl TwinLab {
 /// `setpriv --pdeathsig KILL` (util-linux) where it is installed, which execs the
 /// program (same pid).
 fn orphan_proof_command(program: &Path) -> Command {
-    const SETPRIV: &str = "/usr/bin/setpriv";
-    if Path::new(SETPRIV).exists() {
-        let mut cmd = Command::new(SETPRIV);
-        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
+    orphan_proof(program.as_os_str(), |p| Command::new(p))
 }
 
 /// `program` run inside `ns`, killed when the thread that started it ends (see
 /// [`orphan_proof_command`]).
 fn ns_command(ns: &Netns, program: &OsStr) -> Command {
+    orphan_proof(program, |p| ns.command(p))
+}
+
+/// `program` wrapped in `setpriv --pdeathsig KILL --` where setpriv is installed,
+/// else `program` alone; `command` makes the command for what is run first.
+fn orphan_proof(program: &OsStr, command: impl FnOnce(&OsStr) -> Command) -> Command {
     const SETPRIV: &str = "/usr/bin/setpriv";
     if Path::new(SETPRIV).exists() {
-        let mut cmd = ns.command(SETPRIV);
+        let mut cmd = command(OsStr::new(SETPRIV));
         cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
         cmd
     } else {
-        ns.command(program)
+        command(program)
     }
 }
 

@@ -53,6 +53,14 @@ fn lab_or_skip(config: &TwinConfig) -> Option<TwinLab> {
     Some(TwinLab::start(config).unwrap_or_else(|e| panic!("building the two-host lab: {e}")))
 }
 
+/// The lab with [`config`] and the test service running in both VMs, or `None`
+/// (after saying why) where the lab cannot be built.
+fn lab_with_services() -> Option<TwinLab> {
+    let mut lab = lab_or_skip(&config())?;
+    start_services(&mut lab);
+    Some(lab)
+}
+
 fn start_services(lab: &mut TwinLab) {
     let args = [
         "serve".to_owned(),
@@ -101,6 +109,19 @@ fn echo_args(addr: SocketAddr, conn: u32, count: u32) -> Vec<String> {
         conn.to_string(),
         count.to_string(),
     ]
+}
+
+/// An echo client's `count` requests on connection `conn` to `server`, run to the
+/// end; asserts the transcript and returns its output.
+fn echo_ok(lab: &TwinLab, server: SocketAddr, conn: u32, count: u32, label: &str) -> CommandOutput {
+    let echo = client(lab, &echo_args(server, conn, count), label);
+    let echo = finish(lab, echo, Duration::from_secs(30));
+    assert_eq!(
+        echo.stdout,
+        proto::echo_transcript(conn, count),
+        "{label}: transcript"
+    );
+    echo
 }
 
 fn echo_many_args(addr: SocketAddr, conns: u32, count: u32) -> Vec<String> {
@@ -311,10 +332,9 @@ fn direct_path_lab_check() {
 /// asks for no checkpoint.
 #[test]
 fn deterministic_bulk_and_small_messages() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 100 * MIB;
     const CONNS: u32 = 200;
     const MESSAGES: u32 = 25;
@@ -357,10 +377,9 @@ fn deterministic_bulk_and_small_messages() {
 /// IPv6 TCP, and UDP over IPv4 and IPv6: identical answers, no checkpoint.
 #[test]
 fn deterministic_ipv6_and_udp() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 16 * MIB;
     let bulk = client(&lab, &bulk_args(vm_addr(true, BULK_PORT), BULK), "bulk v6");
     let echo = client(
@@ -488,14 +507,11 @@ fn vm_initiated_connections() {
 /// secondary's stack a copy of the primary's.
 #[test]
 fn nondeterministic_reply_requests_checkpoint() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     // Deterministic first: nothing to report.
-    let echo = client(&lab, &echo_args(vm_addr(false, ECHO_PORT), 1, 5), "echo");
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(1, 5));
+    echo_ok(&lab, vm_addr(false, ECHO_PORT), 1, 5, "echo");
     assert!(
         lab.control(Vm::Primary)
             .events_named("checkpoint-requested")
@@ -529,30 +545,16 @@ fn nondeterministic_reply_requests_checkpoint() {
     );
 
     // Every request concerned that connection.
-    thread::sleep(EVENT_GRACE);
-    for e in lab
-        .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-    {
-        assert_eq!(
-            e["flow"],
-            flow.to_string(),
-            "a request for another flow: {e}"
-        );
-    }
-    let before = lab
-        .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-        .len();
+    let before = checkpoints_only_for(&mut lab, &flow);
 
     // A new deterministic connection after the checkpoint compares cleanly again.
-    let echo = client(
+    echo_ok(
         &lab,
-        &echo_args(vm_addr(false, ECHO_PORT), 2, 5),
+        vm_addr(false, ECHO_PORT),
+        2,
+        5,
         "echo after the checkpoint",
     );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(2, 5));
     thread::sleep(EVENT_GRACE);
     let after = lab
         .control(Vm::Primary)
@@ -570,10 +572,9 @@ fn nondeterministic_reply_requests_checkpoint() {
 /// gets the primary's datagram.
 #[test]
 fn nondeterministic_udp_reply_requests_checkpoint() {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     let server = vm_addr(true, UDP_NONDET_PORT);
     let (_, flow) = diverging_exchange(
         &mut lab,
@@ -582,17 +583,24 @@ fn nondeterministic_udp_reply_requests_checkpoint() {
         server,
         "datagram",
     );
+    checkpoints_only_for(&mut lab, &flow);
+}
+
+/// After [`EVENT_GRACE`], every checkpoint the primary asked for was for `flow`;
+/// returns how many it asked for.
+fn checkpoints_only_for(lab: &mut TwinLab, flow: &FlowKey) -> usize {
     thread::sleep(EVENT_GRACE);
-    for e in lab
+    let requests = lab
         .control(Vm::Primary)
-        .events_named("checkpoint-requested")
-    {
+        .events_named("checkpoint-requested");
+    for e in &requests {
         assert_eq!(
             e["flow"],
             flow.to_string(),
             "a request for another flow: {e}"
         );
     }
+    requests.len()
 }
 
 /// Start a download, wait until the client has `at_least` bytes.
@@ -628,10 +636,9 @@ enum Cut {
 /// The secondary host is lost mid-transfer: the primary says it is degraded and the
 /// download completes, every byte once; new connections are served.
 fn secondary_cut_mid_transfer(cut: Cut) {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 48 * MIB;
     let bulk = download_in_progress(&lab, false, BULK, 8 * MIB);
     match cut {
@@ -657,13 +664,13 @@ fn secondary_cut_mid_transfer(cut: Cut) {
         s["released"]["unchecked"].as_u64().unwrap_or(0) > 0,
         "the primary released output uncompared while degraded: {s}"
     );
-    let echo = client(
+    echo_ok(
         &lab,
-        &echo_args(vm_addr(false, ECHO_PORT), 3, 10),
+        vm_addr(false, ECHO_PORT),
+        3,
+        10,
         "echo while degraded",
     );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(3, 10));
     if matches!(cut, Cut::Freeze) {
         secondary_comes_back(&mut lab);
     }
@@ -692,13 +699,7 @@ fn secondary_comes_back(lab: &mut TwinLab) {
     let before = stats(lab, Vm::Primary);
     assert_eq!(before["mode"], "compare", "{before}");
     let server = vm_addr(false, ECHO_PORT);
-    let echo = client(
-        lab,
-        &echo_args(server, 5, 20),
-        "echo after the secondary came back",
-    );
-    let echo = finish(lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(5, 20));
+    let echo = echo_ok(lab, server, 5, 20, "echo after the secondary came back");
     let flow = client_flow(&echo, FlowProto::Tcp, server);
     thread::sleep(EVENT_GRACE);
     let about_it: Vec<Value> = lab
@@ -735,10 +736,9 @@ fn secondary_frozen_mid_transfer_degrades_by_heartbeat_then_comes_back() {
 /// sends duplicate ACKs on the open connection, takes the connection over, still
 /// rewriting, and the download completes with every byte once.
 fn primary_cut_failover(v6: bool) {
-    let Some(mut lab) = lab_or_skip(&config()) else {
+    let Some(mut lab) = lab_with_services() else {
         return;
     };
-    start_services(&mut lab);
     const BULK: usize = 48 * MIB;
     let bulk = download_in_progress(&lab, v6, BULK, 8 * MIB);
     let local = local_addr(&bulk);
@@ -784,13 +784,7 @@ fn primary_cut_failover(v6: bool) {
         "the client's frames did not reach the secondary's client port: {s}"
     );
     // The secondary now serves new connections too.
-    let echo = client(
-        &lab,
-        &echo_args(vm_addr(v6, ECHO_PORT), 4, 10),
-        "echo after failover",
-    );
-    let echo = finish(&lab, echo, Duration::from_secs(30));
-    assert_eq!(echo.stdout, proto::echo_transcript(4, 10));
+    echo_ok(&lab, vm_addr(v6, ECHO_PORT), 4, 10, "echo after failover");
 }
 
 #[test]

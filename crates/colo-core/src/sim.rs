@@ -180,12 +180,19 @@ pub fn udp_frame(addrs: &FlowAddrs, towards: Towards, payload: &[u8]) -> Frame {
     Frame::ethernet(out)
 }
 
-/// A TCP segment from the client to the VM (default window, no options).
+/// A TCP segment of `addrs` travelling `towards` (default window, no options).
 #[must_use]
-pub fn client_tcp(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
+pub fn plain_tcp(
+    addrs: &FlowAddrs,
+    towards: Towards,
+    seq: u32,
+    ack: u32,
+    flags: TcpFlags,
+    payload: &[u8],
+) -> Frame {
     tcp_frame(
         addrs,
-        Towards::Vm,
+        towards,
         &Segment {
             seq,
             ack,
@@ -194,6 +201,12 @@ pub fn client_tcp(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payloa
             ..Segment::default()
         },
     )
+}
+
+/// A TCP segment from the client to the VM (default window, no options).
+#[must_use]
+pub fn client_tcp(addrs: &FlowAddrs, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
+    plain_tcp(addrs, Towards::Vm, seq, ack, flags, payload)
 }
 
 /// One VM's side of a TCP connection: turns a byte stream into segments with that

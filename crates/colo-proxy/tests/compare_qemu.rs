@@ -85,18 +85,8 @@ fn through_qemu(
 }
 
 fn through_colo_proxy(bytes: &[u8], sec_bytes: &[u8], want: usize, vnet: bool) -> Vec<u8> {
-    let mut args = vec![
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-    ];
-    if vnet {
-        args.push("--vnet-hdr-support");
-    }
-    let mut proxy = Proxy::start(&args);
+    let extra: &[&str] = if vnet { &["--vnet-hdr-support"] } else { &[] };
+    let mut proxy = Proxy::start_compare(extra);
     let mut pri = proxy.connect("pri.sock");
     let mut sec = proxy.connect("sec.sock");
     let mut out = proxy.connect("out.sock");

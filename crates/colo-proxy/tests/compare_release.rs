@@ -10,18 +10,8 @@ use colo_core::sim::{FlowAddrs, TcpSender};
 use common::{Control, Proxy, read_for, read_frames, traffic, wire, with_vnet, write_split};
 
 fn identical_frames_are_released_in_order(vnet: bool) {
-    let mut args = vec![
-        "--primary-in",
-        "unix:{dir}/pri.sock",
-        "--secondary-in",
-        "unix:{dir}/sec.sock",
-        "--outdev",
-        "unix:{dir}/out.sock",
-    ];
-    if vnet {
-        args.push("--vnet-hdr-support");
-    }
-    let mut proxy = Proxy::start(&args);
+    let extra: &[&str] = if vnet { &["--vnet-hdr-support"] } else { &[] };
+    let mut proxy = Proxy::start_compare(extra);
     let mut pri = proxy.connect("pri.sock");
     let mut sec = proxy.connect("sec.sock");
     let mut out = proxy.connect("out.sock");
@@ -65,20 +55,11 @@ fn compare_identical_frames_released_in_order_vnet() {
 #[test]
 fn compare_divergence_requests_checkpoint_and_done_releases() {
     for vnet in [false, true] {
-        let mut args = vec![
-            "--primary-in",
-            "unix:{dir}/pri.sock",
-            "--secondary-in",
-            "unix:{dir}/sec.sock",
-            "--outdev",
-            "unix:{dir}/out.sock",
-            "--control",
-            "unix:{dir}/ctl.sock",
-        ];
+        let mut extra = vec!["--control", "unix:{dir}/ctl.sock"];
         if vnet {
-            args.push("--vnet-hdr-support=on");
+            extra.push("--vnet-hdr-support=on");
         }
-        let mut proxy = Proxy::start(&args);
+        let mut proxy = Proxy::start_compare(&extra);
         let mut ctl = Control::new(proxy.connect("ctl.sock"));
         let mut pri = proxy.connect("pri.sock");
         let mut sec = proxy.connect("sec.sock");

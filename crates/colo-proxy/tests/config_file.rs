@@ -17,21 +17,25 @@ fn colo_proxy(args: &[&str], env_config: Option<&str>) -> std::process::Output {
     cmd.output().expect("run colo-proxy")
 }
 
+/// Write `text` to `colo.toml` in `dir`; returns its path.
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let config = dir.path().join("colo.toml");
+    std::fs::write(&config, text).expect("write the config file");
+    config.display().to_string()
+}
+
 #[test]
 fn compare_runs_from_the_file_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let config = dir.path().join("colo.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let cfg = write_config(
+        &dir,
+        &format!(
             "[compare]\nprimary-in = \"unix:{d}/pri.sock\"\nsecondary-in = \"unix:{d}/sec.sock\"\n\
              outdev = \"unix:{d}/out.sock\"\nvnet-hdr-support = true\n\
              control = \"unix:{d}/wrong.sock\"\n"
         ),
-    )
-    .unwrap();
-    let cfg = config.display().to_string();
+    );
     let mut proxy = Proxy::start_in(dir, &["--config", &cfg, "--control", "unix:{dir}/ctl.sock"]);
     let mut pri = proxy.connect("pri.sock");
     let mut sec = proxy.connect("sec.sock");
@@ -54,13 +58,10 @@ fn compare_runs_from_the_file_alone() {
 #[test]
 fn bad_files_are_usage_errors_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("colo.toml");
-    std::fs::write(
-        &config,
+    let cfg = write_config(
+        &dir,
         "log-level = \"info\"\n\n[compare]\nprimary-in = \"unix:/a\"\nmax-queue = 5\n",
-    )
-    .unwrap();
-    let cfg = config.display().to_string();
+    );
     for out in [
         colo_proxy(&["--config", &cfg, "compare"], None),
         colo_proxy(&["compare"], Some(&cfg)),
@@ -84,13 +85,10 @@ fn bad_files_are_usage_errors_naming_file_line_and_key() {
 #[test]
 fn print_config_shows_file_flags_and_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("colo.toml");
-    std::fs::write(
-        &config,
+    let cfg = write_config(
+        &dir,
         "[compare]\nprimary-in = \"unix:/a\"\ncompare-timeout = 2000\npass-port = [\"udp:123\"]\n",
-    )
-    .unwrap();
-    let cfg = config.display().to_string();
+    );
     let out = colo_proxy(
         &[
             "--config",

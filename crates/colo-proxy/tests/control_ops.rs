@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use colo_core::sim::{FlowAddrs, Towards, udp_frame};
-use common::{Control, Proxy, ctl, ctl_raw, read_for, read_frames, wire};
+use common::{Control, Proxy, compare_args, ctl, ctl_raw, read_for, read_frames, wire};
 use serde_json::json;
 
 /// Wait until the proxy's log contains `needle`.
@@ -29,16 +29,7 @@ fn set_log_level_changes_the_filter_at_run_time() {
         "warn",
         "compare",
         dir,
-        &[
-            "--primary-in",
-            "unix:{dir}/pri.sock",
-            "--secondary-in",
-            "unix:{dir}/sec.sock",
-            "--outdev",
-            "unix:{dir}/out.sock",
-            "--control",
-            "unix:{dir}/ctl.sock",
-        ],
+        &compare_args(&["--control", "unix:{dir}/ctl.sock"]),
     );
     let mut c = Control::new(proxy.connect("ctl.sock"));
     // At warn, the debug line for a control client is not written.
@@ -170,20 +161,9 @@ fn pass_policy_releases_without_comparing_and_is_listed_and_counted() {
 
 #[test]
 fn rewrite_refuses_flow_policy_but_sets_log_level() {
-    let mut proxy = Proxy::start_role(
-        "rewrite",
-        &[
-            "--to-secondary-in",
-            "unix:{dir}/tsi.sock",
-            "--to-secondary-out",
-            "unix:{dir}/tso.sock",
-            "--from-secondary-in",
-            "unix:{dir}/fsi.sock",
-            "--from-secondary-out",
-            "unix:{dir}/fso.sock",
-            "--control",
-            "unix:{dir}/ctl.sock",
-        ],
+    let mut proxy = Proxy::start_rewrite(
+        "unix:{dir}/from_out.sock",
+        &["--control", "unix:{dir}/ctl.sock"],
     );
     let mut c = Control::new(proxy.connect("ctl.sock"));
     let r = c.command("get-flow-policy");

@@ -193,24 +193,13 @@ fn metrics_endpoint_refuses_other_requests_and_survives_slow_clients() {
 
 #[test]
 fn rewrite_has_metrics_too() {
-    let mut proxy = Proxy::start_role(
-        "rewrite",
-        &[
-            "--to-secondary-in",
-            "unix:{dir}/tsi.sock",
-            "--to-secondary-out",
-            "unix:{dir}/tso.sock",
-            "--from-secondary-in",
-            "unix:{dir}/fsi.sock",
-            "--from-secondary-out",
-            "unix:{dir}/fso.sock",
-            "--metrics",
-            "tcp:127.0.0.1:0",
-        ],
+    let mut proxy = Proxy::start_rewrite(
+        "unix:{dir}/from_out.sock",
+        &["--metrics", "tcp:127.0.0.1:0"],
     );
     let addr = proxy.log_field("metrics endpoint listening", "local");
-    let mut fsi = proxy.connect("fsi.sock");
-    let mut fso = proxy.connect("fso.sock");
+    let mut fsi = proxy.connect("from_in.sock");
+    let mut fso = proxy.connect("from_out.sock");
     let frames = traffic(1, 2, false);
     write_split(&mut fsi, &wire(&frames, false), 7);
     read_frames(&mut fso, frames.len(), false);

@@ -141,18 +141,25 @@ fn hello(role: u8) -> Vec<u8> {
     h
 }
 
-#[test]
-fn heartbeat_timeout_drops_a_silent_peer_that_keeps_the_connection() {
+/// `colo-proxy primary` (with `extra`) whose link connects to a listener of the test
+/// standing in for the secondary, with its control socket connected. The returned
+/// directory holds the listener's socket.
+fn primary_with_fake_secondary(
+    extra: &[&str],
+) -> (tempfile::TempDir, UnixListener, Proxy, Control) {
     let dir = tempfile::tempdir().unwrap();
     let link_path = dir.path().join("fake-secondary.sock");
     let listener = UnixListener::bind(&link_path).unwrap();
     let link = format!("unix:{},connect", link_path.display());
-    let mut primary = common::start_primary(
-        tempfile::tempdir().unwrap(),
-        &link,
-        &["--heartbeat-interval", "50", "--heartbeat-timeout", "400"],
-    );
-    let mut pctl = Control::new(primary.connect("ctl.sock"));
+    let mut primary = common::start_primary(tempfile::tempdir().unwrap(), &link, extra);
+    let pctl = Control::new(primary.connect("ctl.sock"));
+    (dir, listener, primary, pctl)
+}
+
+#[test]
+fn heartbeat_timeout_drops_a_silent_peer_that_keeps_the_connection() {
+    let (_dir, listener, mut primary, mut pctl) =
+        primary_with_fake_secondary(&["--heartbeat-interval", "50", "--heartbeat-timeout", "400"]);
     let (mut peer, _) = listener.accept().unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -268,16 +275,8 @@ fn garbage_on_the_link_is_refused_with_a_clear_error() {
 
 #[test]
 fn a_stuck_link_never_blocks_client_to_pvm_and_overflow_asks_for_a_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let link_path = dir.path().join("stuck-secondary.sock");
-    let listener = UnixListener::bind(&link_path).unwrap();
-    let link = format!("unix:{},connect", link_path.display());
-    let mut primary = common::start_primary(
-        tempfile::tempdir().unwrap(),
-        &link,
-        &["--out-buffer", "64K", "--heartbeat-timeout", "60000"],
-    );
-    let mut pctl = Control::new(primary.connect("ctl.sock"));
+    let (_dir, listener, mut primary, mut pctl) =
+        primary_with_fake_secondary(&["--out-buffer", "64K", "--heartbeat-timeout", "60000"]);
     let mut client = common::FramedPeer::new(primary.connect("client.sock"));
     let mut pvm = common::FramedPeer::new(primary.connect("pvm.sock"));
     // A secondary that says hello and then never reads.

@@ -59,8 +59,11 @@ use std::time::Duration;
 
 use colo_core::Frame;
 use colo_core::classify::TcpFlags;
-use colo_core::sim::{FlowAddrs, Segment, TcpSender, Towards, tcp_frame, udp_frame};
-use common::{Control, Proxy, QEMU, Qemu, qemu_path, read_for, read_frames, wait_for_paths, wire};
+use colo_core::sim::{FlowAddrs, TcpSender, Towards, udp_frame};
+use common::{
+    C_ISN, Control, P_ISN, Proxy, QEMU, Qemu, S_ISN, qemu_path, read_for, read_frames, seg,
+    wait_for_paths, wire,
+};
 
 /// How long a socket must stay silent to count as "nothing more came".
 const QUIET: Duration = Duration::from_millis(300);
@@ -179,8 +182,39 @@ fn qemu_with_stream_netdev() -> Option<String> {
     Some(bin)
 }
 
-fn vnet_opt(vnet: bool) -> &'static str {
-    if vnet { ",vnet_hdr_support=on" } else { "" }
+/// The netfilters of QEMU's documented COLO setup, by their ids there (see the
+/// module comment), without the vnet option. `m0` on the primary's tap copies the
+/// client's traffic to the secondary; `M0_PVM` is the same mirror on the PVM's
+/// output instead.
+const M0: &str = "filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0";
+const M0_PVM: &str = "filter-mirror,id=m0,netdev=pvm,queue=tx,outdev=compare0";
+const REDIRE0: &str = "filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out";
+const REDIRE1: &str = "filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0";
+const F1: &str = "filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0";
+const F2: &str = "filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1";
+
+/// `specs` in creation order, each with `vnet_hdr_support=on` when `vnet`.
+fn filters(specs: &[&str], vnet: bool) -> Vec<String> {
+    let v = if vnet { ",vnet_hdr_support=on" } else { "" };
+    specs.iter().map(|spec| format!("{spec}{v}")).collect()
+}
+
+/// The chardevs to `colo-proxy compare`'s primary input and outdev.
+fn compare_chardevs(compare: &Proxy) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("compare0", compare.path("pri.sock")),
+        ("compare_out", compare.path("out.sock")),
+    ]
+}
+
+/// The chardevs to `colo-proxy rewrite`'s to-secondary-in, to-secondary-out and
+/// from-secondary-in.
+fn rewrite_chardevs(rewrite: &Proxy) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("mirror0", rewrite.path("to_in.sock")),
+        ("red0", rewrite.path("to_out.sock")),
+        ("red1", rewrite.path("from_in.sock")),
+    ]
 }
 
 /// VM output over every kind the issue names: TCP and UDP over IPv4 and IPv6, and
@@ -216,15 +250,6 @@ fn vm_output() -> Vec<Frame> {
     frames
 }
 
-/// A UDP datagram over IPv6 that reads differently on the secondary.
-fn diverging_pair() -> (Frame, Frame) {
-    let addrs = FlowAddrs::v6(7);
-    (
-        udp_frame(&addrs, Towards::Client, b"reading=1111"),
-        udp_frame(&addrs, Towards::Client, b"reading=2222"),
-    )
-}
-
 /// `colo-proxy compare` listening on `pri.sock`, `sec.sock`, `out.sock` and the
 /// control socket `ctl.sock`, with its control socket connected.
 fn start_compare(vnet: bool) -> (Proxy, Control) {
@@ -241,9 +266,15 @@ fn start_compare(vnet: bool) -> (Proxy, Control) {
     (proxy, ctl)
 }
 
-/// The divergence asks for a checkpoint on the control socket; the primary's
-/// frame is held until `checkpoint-done`.
-fn expect_checkpoint(ctl: &mut Control) {
+/// Both VMs send a UDP datagram over IPv6 that reads differently on the secondary
+/// (the SVM's first): the divergence asks for a checkpoint on the control socket.
+/// Returns the primary's frame, which is held until `checkpoint-done`.
+fn diverge(lab: &mut Lab, ctl: &mut Control) -> Frame {
+    let addrs = FlowAddrs::v6(7);
+    let pri = udp_frame(&addrs, Towards::Client, b"reading=1111");
+    let sec = udp_frame(&addrs, Towards::Client, b"reading=2222");
+    lab.send("svm", &[sec]);
+    lab.send("pvm", std::slice::from_ref(&pri));
     let ev = ctl.event("checkpoint-requested");
     println!("checkpoint event: {ev}");
     assert_eq!(ev["v"], 1, "{ev}");
@@ -252,6 +283,7 @@ fn expect_checkpoint(ctl: &mut Control) {
         ev["flow"], "udp [fd00::1]:80 <-> [fd00::7]:1031",
         "the IPv6 datagram diverged: {ev}"
     );
+    pri
 }
 
 /// (1) filter-mirror (PVM output, `queue=tx` on `pvm`) feeds primary_in and
@@ -264,7 +296,6 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
     };
     let (mut proxy, mut ctl) = start_compare(vnet);
     let mut out = proxy.connect("out.sock");
-    let v = vnet_opt(vnet);
     let mut lab = Lab::start(
         &bin,
         &Wiring {
@@ -273,10 +304,7 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
                 ("compare0", proxy.path("pri.sock")),
                 ("red1", proxy.path("sec.sock")),
             ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=pvm,queue=tx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            filters: filters(&[M0_PVM, F2], vnet),
         },
     );
 
@@ -302,10 +330,7 @@ fn mirror_and_redirector_feed_compare(vnet: bool) {
     assert!(lab.quiet("hn1"), "filter-redirector passed a frame on");
     assert!(lab.quiet("pvm") && lab.quiet("svm"), "nothing flows back");
 
-    let (pri, sec) = diverging_pair();
-    lab.send("svm", std::slice::from_ref(&sec));
-    lab.send("pvm", std::slice::from_ref(&pri));
-    expect_checkpoint(&mut ctl);
+    let pri = diverge(&mut lab, &mut ctl);
     assert!(
         read_for(&mut out, QUIET).is_empty(),
         "held until the checkpoint"
@@ -340,22 +365,15 @@ fn redirectors_around_compare(vnet: bool) {
         return;
     };
     let (mut proxy, mut ctl) = start_compare(vnet);
-    let v = vnet_opt(vnet);
+    let mut chardevs = compare_chardevs(&proxy);
+    chardevs.push(("red1", proxy.path("sec.sock")));
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("compare0", proxy.path("pri.sock")),
-                ("compare_out", proxy.path("out.sock")),
-                ("red1", proxy.path("sec.sock")),
-            ],
-            filters: vec![
-                // The indev redirector first: see the module comment.
-                format!("filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out{v}"),
-                format!("filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs,
+            // The indev redirector first: see the module comment.
+            filters: filters(&[REDIRE0, REDIRE1, F2], vnet),
         },
     );
 
@@ -369,10 +387,7 @@ fn redirectors_around_compare(vnet: bool) {
     assert!(lab.quiet("hn1"), "filter-redirector passed a frame on");
     assert!(lab.quiet("pvm") && lab.quiet("svm"), "nothing flows back");
 
-    let (pri, sec) = diverging_pair();
-    lab.send("svm", std::slice::from_ref(&sec));
-    lab.send("pvm", std::slice::from_ref(&pri));
-    expect_checkpoint(&mut ctl);
+    let pri = diverge(&mut lab, &mut ctl);
     assert!(lab.quiet("hn0"), "held until the checkpoint");
     let done = ctl.command("checkpoint-done");
     assert_eq!(done["ok"], true, "{done}");
@@ -405,44 +420,15 @@ fn qemu_filters_redirectors_around_compare_vnet() {
     redirectors_around_compare(true);
 }
 
-const C_ISN: u32 = 1_000;
-const P_ISN: u32 = 5_000_000;
-const S_ISN: u32 = 77;
-
-fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
-    tcp_frame(
-        &FlowAddrs::v4(1),
-        towards,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            payload,
-            ..Segment::default()
-        },
-    )
-}
-
 /// `colo-proxy rewrite` listening on `to_in.sock`, `to_out.sock`, `from_in.sock` and
 /// the control socket `ctl.sock`; its from-secondary-out is `from_secondary_out`
 /// (`{dir}` is its directory). Returns it with its control socket connected.
 fn start_rewrite(vnet: bool, from_secondary_out: &str) -> (Proxy, Control) {
-    let mut args = vec![
-        "--to-secondary-in",
-        "unix:{dir}/to_in.sock",
-        "--to-secondary-out",
-        "unix:{dir}/to_out.sock",
-        "--from-secondary-in",
-        "unix:{dir}/from_in.sock",
-        "--from-secondary-out",
-        from_secondary_out,
-        "--control",
-        "unix:{dir}/ctl.sock",
-    ];
+    let mut extra = vec!["--control", "unix:{dir}/ctl.sock"];
     if vnet {
-        args.push("--vnet-hdr-support");
+        extra.push("--vnet-hdr-support");
     }
-    let mut proxy = Proxy::start_role("rewrite", &args);
+    let mut proxy = Proxy::start_rewrite(from_secondary_out, &extra);
     wait_for_paths(
         &mut proxy,
         &["to_in.sock", "to_out.sock", "from_in.sock", "ctl.sock"],
@@ -464,21 +450,12 @@ fn rewrite_between_redirectors(vnet: bool) {
     };
     let (mut proxy, mut ctl) = start_rewrite(vnet, "unix:{dir}/from_out.sock");
     let mut from_out = proxy.connect("from_out.sock");
-    let v = vnet_opt(vnet);
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("mirror0", proxy.path("to_in.sock")),
-                ("red0", proxy.path("to_out.sock")),
-                ("red1", proxy.path("from_in.sock")),
-            ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0{v}"),
-                format!("filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs: rewrite_chardevs(&proxy),
+            filters: filters(&[M0, F1, F2], vnet),
         },
     );
     let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);
@@ -573,25 +550,14 @@ fn full_pair_through_qemu_filters(vnet: bool) {
     let (mut compare, mut compare_ctl) = start_compare(vnet);
     let to_compare = format!("unix:{},connect", compare.path("sec.sock").display());
     let (mut rewrite, mut rewrite_ctl) = start_rewrite(vnet, &to_compare);
-    let v = vnet_opt(vnet);
+    let mut chardevs = compare_chardevs(&compare);
+    chardevs.extend(rewrite_chardevs(&rewrite));
     let mut lab = Lab::start(
         &bin,
         &Wiring {
             netdevs: NETDEVS,
-            chardevs: vec![
-                ("compare0", compare.path("pri.sock")),
-                ("compare_out", compare.path("out.sock")),
-                ("mirror0", rewrite.path("to_in.sock")),
-                ("red0", rewrite.path("to_out.sock")),
-                ("red1", rewrite.path("from_in.sock")),
-            ],
-            filters: vec![
-                format!("filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0{v}"),
-                format!("filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out{v}"),
-                format!("filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0{v}"),
-                format!("filter-redirector,id=f1,netdev=hn1,queue=tx,indev=red0{v}"),
-                format!("filter-redirector,id=f2,netdev=hn1,queue=rx,outdev=red1{v}"),
-            ],
+            chardevs,
+            filters: filters(&[M0, REDIRE0, REDIRE1, F1, F2], vnet),
         },
     );
     let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);

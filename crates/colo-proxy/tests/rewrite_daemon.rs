@@ -8,27 +8,9 @@ mod common;
 
 use colo_core::Frame;
 use colo_core::classify::TcpFlags;
-use colo_core::sim::{FlowAddrs, Segment, Towards, tcp_frame};
-use common::{Control, Proxy, read_frames, wire, with_vnet};
+use colo_core::sim::Towards;
+use common::{C_ISN, Control, P_ISN, Proxy, S_ISN, read_frames, seg, wire, with_vnet};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-
-const C_ISN: u32 = 1_000;
-const P_ISN: u32 = 5_000_000;
-const S_ISN: u32 = 77;
-
-fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
-    tcp_frame(
-        &FlowAddrs::v4(1),
-        towards,
-        &Segment {
-            seq,
-            ack,
-            flags,
-            payload,
-            ..Segment::default()
-        },
-    )
-}
 
 /// `(seq, ack)` of a frame, after checking its TCP checksum against a full
 /// recomputation.
@@ -59,22 +41,11 @@ struct Rig {
 
 impl Rig {
     fn start(vnet: bool) -> (Self, Control) {
-        let mut args = vec![
-            "--to-secondary-in",
-            "unix:{dir}/to_in.sock",
-            "--to-secondary-out",
-            "unix:{dir}/to_out.sock",
-            "--from-secondary-in",
-            "unix:{dir}/from_in.sock",
-            "--from-secondary-out",
-            "unix:{dir}/from_out.sock",
-            "--control",
-            "unix:{dir}/ctl.sock",
-        ];
+        let mut extra = vec!["--control", "unix:{dir}/ctl.sock"];
         if vnet {
-            args.push("--vnet-hdr-support");
+            extra.push("--vnet-hdr-support");
         }
-        let mut proxy = Proxy::start_role("rewrite", &args);
+        let mut proxy = Proxy::start_rewrite("unix:{dir}/from_out.sock", &extra);
         let to_out = proxy.connect("to_out.sock");
         let from_out = proxy.connect("from_out.sock");
         let from_in = proxy.connect("from_in.sock");

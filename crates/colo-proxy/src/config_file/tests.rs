@@ -26,6 +26,13 @@ fn compare_of(cli: Cli) -> crate::cli::CompareArgs {
     }
 }
 
+/// The compare timeout `colo-proxy compare` runs with after `argv` was expanded.
+fn compare_timeout_of(argv: Vec<std::ffi::OsString>) -> u64 {
+    compare_of(Cli::try_parse_from(argv).unwrap())
+        .engine
+        .compare_timeout
+}
+
 fn role_of(c: &Command) -> &'static str {
     match c {
         Command::Compare(_) => "compare",
@@ -127,12 +134,7 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
         Some(env_file.path().into()),
     )
     .unwrap();
-    assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap())
-            .engine
-            .compare_timeout,
-        11
-    );
+    assert_eq!(compare_timeout_of(argv), 11);
     let mut flag_file = tempfile::NamedTempFile::new().unwrap();
     write!(flag_file, "[compare]\n{ENDPOINTS}compare-timeout = 22\n").unwrap();
     let argv = expand(
@@ -145,12 +147,7 @@ fn environment_names_the_file_and_the_flag_wins_over_it() {
         Some(env_file.path().into()),
     )
     .unwrap();
-    assert_eq!(
-        compare_of(Cli::try_parse_from(argv).unwrap())
-            .engine
-            .compare_timeout,
-        22
-    );
+    assert_eq!(compare_timeout_of(argv), 22);
 }
 
 #[test]
@@ -173,38 +170,36 @@ fn unknown_keys_wrong_types_and_missing_files_are_explained() {
         "every table is checked, not only the running role's: {err}"
     );
 
-    let err = parse_with(
-        Some("[compare]\ncompare-timeout = \"soon\"\n"),
-        &["compare"],
-    )
-    .unwrap_err();
-    assert!(
-        err.contains(":2: [compare] compare-timeout: invalid value 'soon'"),
-        "{err}"
-    );
-    let err = parse_with(Some("[compare]\ncompare-timeout = 0\n"), &["compare"]).unwrap_err();
-    assert!(err.contains("compare-timeout: invalid value '0'"), "{err}");
-    let err = parse_with(Some("[compare]\nvnet-hdr-support = 3\n"), &["compare"]).unwrap_err();
-    assert!(
-        err.contains("vnet-hdr-support: expects true or false"),
-        "{err}"
-    );
-    let err = parse_with(Some("[compare]\noutdev = [\"a\", \"b\"]\n"), &["compare"]).unwrap_err();
-    assert!(err.contains("outdev: expects one ENDPOINT value"), "{err}");
-    let err = parse_with(Some("[compare]\npass-port = [\"icmp:1\"]\n"), &["compare"]).unwrap_err();
-    assert!(err.contains("pass-port: invalid value 'icmp:1'"), "{err}");
-    let err = parse_with(Some("comparee = 1\n"), &["compare"]).unwrap_err();
-    assert!(
-        err.contains(":1: unknown top-level key `comparee`"),
-        "{err}"
-    );
-    assert!(err.contains("log-level, demo, compare"), "{err}");
-    let err = parse_with(Some("compare = 1\n"), &["compare"]).unwrap_err();
-    assert!(err.contains("`compare` must be a table"), "{err}");
-    let err = parse_with(Some("log-level = 3\n"), &["compare"]).unwrap_err();
-    assert!(err.contains("log-level must be a string"), "{err}");
-    let err = parse_with(Some("[compare\n"), &["compare"]).unwrap_err();
-    assert!(err.contains(":1: not valid TOML"), "{err}");
+    for (toml, says) in [
+        (
+            "[compare]\ncompare-timeout = \"soon\"\n",
+            ":2: [compare] compare-timeout: invalid value 'soon'",
+        ),
+        (
+            "[compare]\ncompare-timeout = 0\n",
+            "compare-timeout: invalid value '0'",
+        ),
+        (
+            "[compare]\nvnet-hdr-support = 3\n",
+            "vnet-hdr-support: expects true or false",
+        ),
+        (
+            "[compare]\noutdev = [\"a\", \"b\"]\n",
+            "outdev: expects one ENDPOINT value",
+        ),
+        (
+            "[compare]\npass-port = [\"icmp:1\"]\n",
+            "pass-port: invalid value 'icmp:1'",
+        ),
+        ("comparee = 1\n", ":1: unknown top-level key `comparee`"),
+        ("comparee = 1\n", "log-level, demo, compare"),
+        ("compare = 1\n", "`compare` must be a table"),
+        ("log-level = 3\n", "log-level must be a string"),
+        ("[compare\n", ":1: not valid TOML"),
+    ] {
+        let err = parse_with(Some(toml), &["compare"]).unwrap_err();
+        assert!(err.contains(says), "{toml:?}: {err}");
+    }
 
     let err = expand(
         vec![

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use colo_core::classify::TcpFlags;
-use colo_core::sim::{CLIENT_MAC, FlowAddrs, Segment, TcpSender, Towards, VM_MAC, tcp_frame};
+use colo_core::sim::{
+    CLIENT_MAC, FlowAddrs, Segment, TcpSender, Towards, VM_MAC, client_tcp, tcp_frame,
+};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 
 use super::args::ReplayArgs;
@@ -271,6 +273,22 @@ fn icmp_echo_with_other_identifiers_is_paired_by_order() {
     assert_eq!(d.datagram, Some(2), "{}", r.text());
 }
 
+/// Question-and-answer exchanges over IPv6 UDP from `client_port`, one millisecond
+/// apart: the client's "question", then 100 µs later the VM's answer, fragmented
+/// with that identifier where one is given.
+fn udp6_exchanges(client_port: u16, answers: &[(&[u8], Option<u32>)]) -> Vec<Rec> {
+    let mut out = Vec::new();
+    for (t, &(answer, fragment)) in (0u64..).step_by(1000).zip(answers) {
+        for f in udp6(client_port, Towards::Vm, b"question", None) {
+            out.push((t, f));
+        }
+        for f in udp6(client_port, Towards::Client, answer, fragment) {
+            out.push((t + 100, f));
+        }
+    }
+    out
+}
+
 /// An Ethernet/IPv6 UDP datagram behind a hop-by-hop and a destination options header,
 /// or (with `fragment`) split into two fragments behind a fragment header.
 fn udp6(client_port: u16, towards: Towards, payload: &[u8], fragment: Option<u32>) -> Vec<Vec<u8>> {
@@ -325,22 +343,11 @@ fn udp6(client_port: u16, towards: Towards, payload: &[u8], fragment: Option<u32
 #[test]
 fn ipv6_extension_headers_are_classified_rewritten_and_compared() {
     let capture = |client_port: u16, last: &[u8]| -> Vec<Rec> {
-        let mut out = Vec::new();
-        for i in 0..4u32 {
-            let t = u64::from(i) * 1000;
-            let reply: &[u8] = if i == 3 {
-                last
-            } else {
-                b"an answer of some length"
-            };
-            for f in udp6(client_port, Towards::Vm, b"question", None) {
-                out.push((t, f));
-            }
-            for f in udp6(client_port, Towards::Client, reply, None) {
-                out.push((t + 100, f));
-            }
-        }
-        out
+        let same: &[u8] = b"an answer of some length";
+        udp6_exchanges(
+            client_port,
+            &[(same, None), (same, None), (same, None), (last, None)],
+        )
     };
     // The client ports differ, so the secondary's datagrams are rewritten to the
     // primary's ports behind the extension headers.
@@ -371,24 +378,10 @@ fn ipv6_extension_headers_are_classified_rewritten_and_compared() {
 #[test]
 fn ipv6_fragments_are_compared() {
     let capture = |last: &[u8]| -> Vec<Rec> {
-        let mut out = Vec::new();
-        for i in 0..3u32 {
-            let t = u64::from(i) * 1000;
-            let reply: &[u8] = if i == 2 {
-                last
-            } else {
-                b"a fragmented answer, long enough"
-            };
-            for f in udp6(40_000, Towards::Vm, b"question", None) {
-                out.push((t, f));
-            }
-            // Fragment identifiers differ between the VMs; they are not compared.
-            let id = if last.is_empty() { 1 } else { 1000 } + i;
-            for f in udp6(40_000, Towards::Client, reply, Some(id)) {
-                out.push((t + 100, f));
-            }
-        }
-        out
+        // Fragment identifiers differ between the VMs; they are not compared.
+        let id = |i: u32| Some(if last.is_empty() { 1 } else { 1000 } + i);
+        let same: &[u8] = b"a fragmented answer, long enough";
+        udp6_exchanges(40_000, &[(same, id(0)), (same, id(1)), (last, id(2))])
     };
     let same = b"a fragmented answer, long enough";
     let mut p = capture(same);
@@ -423,19 +416,7 @@ fn a_side_caught_mid_message_costs_one_more_checkpoint_unless_the_checkpoint_las
     let build = |isn: u32, first: &[u8], sizes: usize| -> Vec<Rec> {
         let mut vm = TcpSender::new(a, isn, 5001);
         let client = |seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]| {
-            tcp_frame(
-                &a,
-                Towards::Vm,
-                &Segment {
-                    seq,
-                    ack,
-                    flags,
-                    payload,
-                    ..Segment::default()
-                },
-            )
-            .data
-            .to_vec()
+            client_tcp(&a, seq, ack, flags, payload).data.to_vec()
         };
         let mut out = vec![(0, client(5000, 0, TcpFlags::SYN, b""))];
         out.push((50, vm.syn_ack().data.to_vec()));

@@ -11,9 +11,55 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use colo_core::Frame;
+use colo_core::classify::TcpFlags;
 use colo_core::codec::{DecoderConfig, FrameDecoder, encode_frame};
-use colo_core::sim::{FlowAddrs, TcpSender, Towards, udp_frame};
+use colo_core::sim::{FlowAddrs, TcpSender, Towards, plain_tcp, udp_frame};
 use serde_json::Value;
+
+/// The client's initial sequence number in the rewrite tests' passive open.
+pub const C_ISN: u32 = 1_000;
+/// The primary VM's initial sequence number in the rewrite tests' passive open.
+pub const P_ISN: u32 = 5_000_000;
+/// The secondary VM's initial sequence number in the rewrite tests' passive open.
+pub const S_ISN: u32 = 77;
+
+/// A TCP segment of flow `FlowAddrs::v4(1)` travelling `towards` (no options).
+pub fn seg(towards: Towards, seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]) -> Frame {
+    plain_tcp(&FlowAddrs::v4(1), towards, seq, ack, flags, payload)
+}
+
+/// The arguments of `colo-proxy compare` with the usual three endpoints (`pri.sock`,
+/// `sec.sock`, `out.sock` in `{dir}`) plus `extra` options.
+pub fn compare_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--primary-in",
+        "unix:{dir}/pri.sock",
+        "--secondary-in",
+        "unix:{dir}/sec.sock",
+        "--outdev",
+        "unix:{dir}/out.sock",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The arguments of `colo-proxy rewrite` with its endpoints `to_in.sock`,
+/// `to_out.sock` and `from_in.sock` in `{dir}` and from-secondary-out
+/// `from_secondary_out`, plus `extra` options.
+pub fn rewrite_args<'a>(from_secondary_out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--to-secondary-in",
+        "unix:{dir}/to_in.sock",
+        "--to-secondary-out",
+        "unix:{dir}/to_out.sock",
+        "--from-secondary-in",
+        "unix:{dir}/from_in.sock",
+        "--from-secondary-out",
+        from_secondary_out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
 
 /// A running `colo-proxy compare`, stopped with SIGTERM on drop.
 pub struct Proxy {
@@ -26,16 +72,14 @@ impl Proxy {
     /// `colo-proxy compare` with the usual three endpoints (`pri.sock`, `sec.sock`,
     /// `out.sock` in the temporary directory) plus `extra` options.
     pub fn start_compare(extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--primary-in",
-            "unix:{dir}/pri.sock",
-            "--secondary-in",
-            "unix:{dir}/sec.sock",
-            "--outdev",
-            "unix:{dir}/out.sock",
-        ];
-        args.extend_from_slice(extra);
-        Self::start(&args)
+        Self::start(&compare_args(extra))
+    }
+
+    /// `colo-proxy rewrite` with its endpoints `to_in.sock`, `to_out.sock` and
+    /// `from_in.sock` in a fresh temp dir, writing from-secondary-out to
+    /// `from_secondary_out` (which may use `{dir}`), plus `extra` options.
+    pub fn start_rewrite(from_secondary_out: &str, extra: &[&str]) -> Self {
+        Self::start_role("rewrite", &rewrite_args(from_secondary_out, extra))
     }
 
     /// Start `colo-proxy compare` with endpoints in a fresh temp dir. `args` may use
