@@ -146,34 +146,45 @@ impl Driver {
     /// anything (the engine may then have output to drain).
     fn qmp_actions(&mut self, inputs: &mut mpsc::Receiver<Event>) -> bool {
         let mut any = false;
-        loop {
-            let Some(action) = self.qmp.as_mut().and_then(|q| q.machine.poll_action()) else {
-                return any;
-            };
+        while let Some(action) = self.poll_qmp_action() {
             any = true;
-            match action {
-                QmpAction::Send { vm, command } => {
-                    if let Some(q) = &mut self.qmp {
-                        q.send(vm, command);
-                    }
+            if matches!(action, QmpAction::CheckpointDone { .. }) {
+                // QMP and the data sockets are separate channels: take every frame
+                // the readers already delivered (sent before the VMs stopped)
+                // before the flush.
+                while let Ok(ev) = inputs.try_recv() {
+                    self.handle_event(ev);
                 }
-                QmpAction::CheckpointDone { pass, requested } => {
-                    // QMP and the data sockets are separate channels: take every frame
-                    // the readers already delivered (sent before the VMs stopped)
-                    // before the flush.
-                    while let Ok(ev) = inputs.try_recv() {
-                        self.handle_event(ev);
-                    }
-                    self.checkpoint_done("qmp");
-                    let mut f = Map::new();
-                    f.insert("epoch".into(), json!(self.engine.epoch()));
-                    f.insert("pass".into(), json!(pass));
-                    f.insert("requested".into(), json!(requested));
-                    self.event(f, "checkpoint-done");
+            }
+            self.qmp_action(action);
+        }
+        any
+    }
+
+    /// The QMP checkpoint driver's next action, if any.
+    pub(crate) fn poll_qmp_action(&mut self) -> Option<QmpAction> {
+        self.qmp.as_mut().and_then(|q| q.machine.poll_action())
+    }
+
+    /// Carry out one QMP action. For `CheckpointDone`, the caller has already taken
+    /// the frames the readers delivered (the flush point).
+    pub(crate) fn qmp_action(&mut self, action: QmpAction) {
+        match action {
+            QmpAction::Send { vm, command } => {
+                if let Some(q) = &mut self.qmp {
+                    q.send(vm, command);
                 }
-                QmpAction::Failover { survivor, cause } => {
-                    self.enter_failover(survivor, cause);
-                }
+            }
+            QmpAction::CheckpointDone { pass, requested } => {
+                self.checkpoint_done("qmp");
+                let mut f = Map::new();
+                f.insert("epoch".into(), json!(self.engine.epoch()));
+                f.insert("pass".into(), json!(pass));
+                f.insert("requested".into(), json!(requested));
+                self.event(f, "checkpoint-done");
+            }
+            QmpAction::Failover { survivor, cause } => {
+                self.enter_failover(survivor, cause);
             }
         }
     }

@@ -131,6 +131,14 @@ pub enum RoleEvent {
     Link(LinkEvent),
     /// A peer came or went.
     Peer(PeerChange),
+    /// A QMP monitor said something (the primary's checkpoint driver, `--qmp-*`).
+    Qmp(crate::qmp::Vm, crate::qmp::QmpInput),
+}
+
+impl From<(crate::qmp::Vm, crate::qmp::QmpInput)> for RoleEvent {
+    fn from((vm, input): (crate::qmp::Vm, crate::qmp::QmpInput)) -> Self {
+        Self::Qmp(vm, input)
+    }
 }
 
 impl From<PeerChange> for RoleEvent {

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 use crate::compare;
 use crate::link::proto::Message;
 use crate::link::{self, LinkEvent, RoleEvent as Event};
+use crate::qmp::QmpAction;
 use crate::shell::Clock;
 use crate::shell::control::Command;
 use crate::shell::driver::Role;
@@ -127,6 +128,31 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Carry out what the QMP checkpoint driver asked for (as `compare` does; the
+    /// flush point first takes every frame the readers already delivered, through
+    /// this role's own event handling). Returns whether it did anything.
+    fn qmp_actions(&mut self, inputs: &mut tokio::sync::mpsc::Receiver<Event>) -> bool {
+        let mut any = false;
+        while let Some(action) = self.compare.poll_qmp_action() {
+            any = true;
+            if matches!(action, QmpAction::CheckpointDone { .. }) {
+                while let Ok(ev) = inputs.try_recv() {
+                    self.on_event(ev);
+                }
+            }
+            let done = matches!(action, QmpAction::CheckpointDone { .. });
+            self.compare.qmp_action(action);
+            if done {
+                // The secondary proxy learns of it as from `checkpoint-done`.
+                let epoch = self.compare.engine.epoch();
+                link::push_message(&self.link, &Message::CheckpointDone(epoch));
+            }
+        }
+        any
+    }
+}
+
 impl Role for Driver {
     type Event = Event;
 
@@ -135,11 +161,12 @@ impl Role for Driver {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.compare.engine.poll_timeout()
+        // The engine's and the QMP checkpoint driver's.
+        Role::deadline(&self.compare)
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        self.compare.engine.handle_timeout(now);
+        self.compare.on_timeout(now);
     }
 
     fn on_event(&mut self, event: Event) {
@@ -160,6 +187,7 @@ impl Role for Driver {
                 }
                 self.compare.handle_event(compare::Event::Peer(p));
             }
+            Event::Qmp(vm, input) => self.compare.handle_event(compare::Event::Qmp(vm, input)),
         }
     }
 
@@ -200,8 +228,11 @@ impl Role for Driver {
         Ok(reply)
     }
 
-    fn after_wake(&mut self, _inputs: &mut tokio::sync::mpsc::Receiver<Event>) {
+    fn after_wake(&mut self, inputs: &mut tokio::sync::mpsc::Receiver<Event>) {
         self.compare.drain();
+        while self.qmp_actions(inputs) {
+            self.compare.drain();
+        }
     }
 
     fn output_queues(&self) -> Vec<(&'static str, OutQueue)> {

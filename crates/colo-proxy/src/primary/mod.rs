@@ -24,6 +24,7 @@ use crate::cli::{parse_control_path, parse_on_off, parse_size};
 use crate::link::proto::LinkRole;
 use crate::link::{self, LinkArgs, RoleEvent};
 use crate::port::{Port, PortSpec};
+use crate::qmp::QmpLink;
 use crate::shell::control::ControlPlane;
 use crate::shell::driver::Peers;
 use crate::shell::endpoint::{Endpoint, Source};
@@ -32,6 +33,7 @@ use crate::shell::{Clock, input};
 
 /// Options of `colo-proxy primary`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(mut_arg(crate::qmp::args::QMP_HEARTBEAT_TIMEOUT_ID, |a| a.long("qmp-heartbeat-timeout")))]
 pub struct PrimaryArgs {
     /// Where the client's traffic comes in and released output goes out: tap:IFNAME,
     /// stream:unix:PATH[,connect], stream:tcp:HOST:PORT[,connect] or
@@ -73,6 +75,11 @@ pub struct PrimaryArgs {
     /// Link options.
     #[command(flatten)]
     pub link_options: LinkArgs,
+
+    /// The QMP checkpoint driver (as `compare`; its heartbeat option is
+    /// --qmp-heartbeat-timeout here).
+    #[command(flatten)]
+    pub qmp: crate::qmp::QmpArgs,
 }
 
 /// Run `colo-proxy primary` until SIGINT or SIGTERM.
@@ -126,6 +133,7 @@ pub(crate) async fn serve(
     )
     .await?;
     let (ctl_rx, events) = control.spawn(&mut tasks);
+    let qmp = QmpLink::spawn(&args.qmp, &mut tasks, &in_tx);
     drop(in_tx);
 
     tracing::info!(
@@ -147,7 +155,7 @@ pub(crate) async fn serve(
             failed_over: false,
             checkpoint_done_by: [0; 2],
             peers: Peers::listed(["client", "pvm", link::ROLE]),
-            qmp: None,
+            qmp,
         },
         pvm: pvm_out,
         link: link_q,
@@ -242,5 +250,27 @@ mod tests {
         ])
         .unwrap();
         assert!(hb.link_options.validate().is_err());
+        assert!(!hb.qmp.enabled());
+        // The QMP driver's heartbeat has its own name next to the link's.
+        let q = parse(&[
+            "--client",
+            "tap:a",
+            "--pvm",
+            "tap:b",
+            "--link",
+            "unix:/l",
+            "--qmp-primary",
+            "unix:/run/pvm.qmp",
+            "--heartbeat-timeout",
+            "4000",
+            "--qmp-heartbeat-timeout",
+            "700",
+        ])
+        .unwrap();
+        assert!(q.qmp.enabled());
+        assert_eq!(
+            (q.link_options.heartbeat_timeout, q.qmp.heartbeat_timeout),
+            (4000, 700)
+        );
     }
 }

@@ -8,6 +8,10 @@ use colo_core::Duration;
 
 use super::machine::QmpConfig;
 
+/// The clap id of `--heartbeat-timeout`, for roles that rename it
+/// (`mut_arg`) because another flattened struct has its own.
+pub const QMP_HEARTBEAT_TIMEOUT_ID: &str = "qmp_heartbeat_timeout";
+
 /// QMP checkpoint driver options.
 #[derive(Debug, Clone, Args)]
 pub struct QmpArgs {
@@ -36,7 +40,9 @@ pub struct QmpArgs {
 
     /// A QMP monitor disconnected this many ms is lost; with --auto-failover the
     /// other VM then gets `x-colo-lost-heartbeat` (once COLO has run a checkpoint).
-    #[arg(long, value_name = "MS", default_value_t = 1000,
+    /// (`primary` names it --qmp-heartbeat-timeout: its --heartbeat-timeout is the
+    /// link's.)
+    #[arg(id = QMP_HEARTBEAT_TIMEOUT_ID, long = "heartbeat-timeout", value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub heartbeat_timeout: u64,
 
