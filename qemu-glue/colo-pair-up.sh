@@ -97,8 +97,10 @@ start_proxy() {  # name control-socket args...
   [[ -S "$ctl" ]] || die "$name did not start: $(tail -5 "$D/$name.log")"
 }
 qmp_args=(--qmp-primary "unix:$D/pvm-proxy.qmp" --qmp-secondary "unix:$D/svm-proxy.qmp"
-          --heartbeat-timeout "$HEARTBEAT" --on-failover "$here/colo-pair-failover.sh $D $PAIR_ID")
+          --on-failover "$here/colo-pair-failover.sh $D $PAIR_ID")
 if [[ "$TOPOLOGY" == b ]]; then
+  # `primary`'s --heartbeat-timeout is the link's; the QMP one is renamed there.
+  qmp_args+=(--qmp-heartbeat-timeout "$HEARTBEAT")
   # Topology (b): the proxies own the client TAPs and face the VMs over stream netdevs.
   # shellcheck disable=SC2206
   start_proxy proxy "$D/ctl.sock" primary --client tap:tap-pvm --pvm "stream:unix:$D/pvm-net.sock" \
@@ -106,6 +108,7 @@ if [[ "$TOPOLOGY" == b ]]; then
   start_proxy proxy-sec "$D/ctl-sec.sock" secondary --svm "stream:unix:$D/svm-net.sock" \
     --link "unix:$D/link.sock,connect" --client tap:tap-svm --control "unix:$D/ctl-sec.sock"
 elif [[ "$COMPARE" == proxy ]]; then
+  qmp_args+=(--heartbeat-timeout "$HEARTBEAT")
   args=(compare --primary-in "unix:$D/pri-in.sock" --secondary-in "unix:$D/sec-in.sock"
         --outdev "unix:$D/outdev.sock" --control "unix:$D/ctl.sock" "${qmp_args[@]}")
   # shellcheck disable=SC2206

@@ -194,6 +194,7 @@ impl Drop for Pair {
         if std::thread::panicking() {
             for f in [
                 "proxy.log",
+                "proxy-sec.log",
                 "pvm.log",
                 "svm.log",
                 "pvm.console",
@@ -229,11 +230,29 @@ fn ok(result: &Value) {
 
 #[test]
 fn two_independent_guests_same_services_no_checkpoint() {
+    independent_pair("a");
+}
+
+/// Topology (b): `colo-proxy primary`/`secondary` face the guests through stream
+/// netdevs, no QEMU filters.
+#[test]
+fn topology_b_two_independent_guests_same_services_no_checkpoint() {
+    independent_pair("b");
+}
+
+fn independent_pair(topology: &str) {
     if let Some(why) = skip_reason(false) {
         println!("SKIPPED: {why}");
         return;
     }
-    let pair = Pair::up("ind", &[("COLO_MODE", "independent"), SLOW_MACHINE]);
+    let pair = Pair::up(
+        &format!("ind{topology}"),
+        &[
+            ("COLO_MODE", "independent"),
+            ("COLO_TOPOLOGY", topology),
+            SLOW_MACHINE,
+        ],
+    );
     // Many connections (4 at a time), then two bulk transfers of 700 kB each.
     let echo = pair.client(&["echo", GUEST_IP, "60", "10", "4"]);
     ok(&echo);
@@ -276,12 +295,30 @@ fn primary_snippets(log: &str) -> Vec<String> {
 
 #[test]
 fn colo_pair_checkpoints_once_per_divergence() {
+    colo_pair("a");
+}
+
+/// Topology (b): the live pair behind `colo-proxy primary`/`secondary` (stream
+/// netdevs), the QMP checkpoint driver in `primary`.
+#[test]
+fn topology_b_colo_pair_checkpoints_once_per_divergence() {
+    colo_pair("b");
+}
+
+fn colo_pair(topology: &str) {
     if let Some(why) = skip_reason(true) {
         println!("SKIPPED: {why}");
         return;
     }
     // Periodic checkpoints every 10 s; the proxy asks for the others.
-    let pair = Pair::up("colo", &[("COLO_CHECKPOINT_DELAY", "10000"), SLOW_MACHINE]);
+    let pair = Pair::up(
+        &format!("colo{topology}"),
+        &[
+            ("COLO_CHECKPOINT_DELAY", "10000"),
+            ("COLO_TOPOLOGY", topology),
+            SLOW_MACHINE,
+        ],
+    );
     let before = pair.stats();
     ok(&pair.client(&["echo", GUEST_IP, "30", "10", "4"]));
     let bulk = pair.client(&["bulk", GUEST_IP, "100000"]);
