@@ -149,9 +149,15 @@ impl Pair {
     }
 
     fn stats(&self) -> Value {
+        self.stats_of("ctl.sock")
+    }
+
+    /// `stats` of the proxy behind the control socket `ctl` (topology (b)'s
+    /// secondary: `ctl-sec.sock`).
+    fn stats_of(&self, ctl: &str) -> Value {
         let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
             .args(["ctl", "--control"])
-            .arg(self.dir.join("ctl.sock"))
+            .arg(self.dir.join(ctl))
             .arg("stats")
             .output()
             .expect("colo-proxy ctl");
@@ -371,6 +377,19 @@ fn colo_pair(topology: &str) {
             got.contains(snip.as_str()),
             "client got {got:?}, primary said {snip:?}"
         );
+    }
+    if topology == "b" {
+        // The primary's QMP driver forwarded every completed checkpoint (periodic
+        // ones too) over the link: the secondary's rewriter started a new epoch.
+        let sec = pair.stats_of("ctl-sec.sock");
+        let done = s["qmp"]["requested_done"].as_u64().unwrap_or(0)
+            + s["qmp"]["unrequested_done"].as_u64().unwrap_or(0);
+        assert!(
+            sec["checkpoints"]["link"].as_u64() >= Some(3),
+            "secondary saw {} over the link, primary completed {done}",
+            sec["checkpoints"]
+        );
+        eprintln!("secondary: checkpoints {}", sec["checkpoints"]);
     }
     eprintln!(
         "checkpoint latency (request -> primary RESUME): {}",
