@@ -18,6 +18,7 @@ if [[ "${COLO_TOPOLOGY:-a}" == b ]]; then
   # Topology (b): the secondary's proxy takes the client (its --client tap:tap-svm).
   log "telling the secondary's colo-proxy to fail over"
   "${COLO_PROXY_BIN:-colo-proxy}" ctl --control "$D/ctl-sec.sock" failover >/dev/null || log "ctl failover failed"
+  log "client address $CLIENT_IP moves to tap-svm"
   ip -n "$COLO_NS" addr flush dev tap-pvm 2>/dev/null || true
   ip -n "$COLO_NS" addr add "$CLIENT_IP/24" dev tap-svm
   ip -n "$COLO_NS" link set tap-svm up

@@ -400,11 +400,25 @@ fn colo_pair(topology: &str) {
 
 #[test]
 fn colo_failover_when_the_primary_dies_mid_transfer() {
+    failover_mid_transfer("a");
+}
+
+/// Topology (b): the primary proxy's QMP driver fails over; the hook tells the
+/// secondary proxy, which then takes the client on tap-svm.
+#[test]
+fn topology_b_colo_failover_when_the_primary_dies_mid_transfer() {
+    failover_mid_transfer("b");
+}
+
+fn failover_mid_transfer(topology: &str) {
     if let Some(why) = skip_reason(true) {
         println!("SKIPPED: {why}");
         return;
     }
-    let pair = Pair::up("fail", &[("COLO_HEARTBEAT", "500")]);
+    let pair = Pair::up(
+        &format!("fail{topology}"),
+        &[("COLO_HEARTBEAT", "500"), ("COLO_TOPOLOGY", topology)],
+    );
     let ns = pair.ns.clone();
     // 600 echoed lines, 10 ms apart: a long-lived connection of about 10 s.
     let client = std::thread::spawn(move || {
@@ -441,6 +455,17 @@ fn colo_failover_when_the_primary_dies_mid_transfer() {
         "{}",
         pair.log("failover.log")
     );
+    if topology == "b" {
+        // The rest of the stream went through the secondary proxy's client port.
+        let sec = pair.stats_of("ctl-sec.sock");
+        eprintln!("secondary: {sec}");
+        assert_eq!(sec["failover"], true, "{sec}");
+        assert!(
+            sec["frames_in"]["client_port"]["frames"].as_u64() > Some(0),
+            "no client frame reached the secondary proxy: {}",
+            sec["frames_in"]
+        );
+    }
 }
 
 #[test]
