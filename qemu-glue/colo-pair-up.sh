@@ -14,12 +14,12 @@
 #   COLO_TOPOLOGY=a              a: QEMU's filters feed colo-proxy compare (above);
 #                                b: colo-proxy primary/secondary face the VMs through
 #                                stream netdevs, no QEMU filters (needs the primary and
-#                                secondary roles, branch roles; not run by the tests yet)
+#                                secondary roles; real_guests.rs topology_b_* run it)
 #   COLO_QEMU=...                QEMU binary (default: build-qemu.sh's cached build in
 #                                colo mode, qemu-system-x86_64 otherwise)
 #   COLO_PROXY=...               colo-proxy binary (default: on PATH, else target/*/colo-proxy)
 #   COLO_CHECKPOINT_DELAY=10000  periodic checkpoint interval (ms)
-#   COLO_PROXY_ARGS=             extra arguments for colo-proxy compare
+#   COLO_PROXY_ARGS=             extra arguments for colo-proxy compare (or primary)
 #   COLO_GUEST_ARGS=             extra kernel command line (colo.bulk=N, colo.slow=N)
 #   COLO_HEARTBEAT=1000          QMP heartbeat timeout (ms) before failover
 # Addresses: client 10.77.0.1 (in $COLO_NS, on tap-pvm; tap-svm after a failover),

@@ -11,6 +11,10 @@
 //! - failover: the primary QEMU killed in the middle of a long echo stream, which
 //!   completes through the secondary with every byte once.
 //!
+//! Each runs in topology (a) and, as `topology_b_*`, in topology (b): `colo-proxy
+//! primary`/`secondary` facing the guests through stream netdevs, no QEMU filters,
+//! the QMP driver in `primary`.
+//!
 //! The scenarios take turns (a lock file): each boots two TCG guests. Without root,
 //! /dev/net/tun, QEMU, python3 or (for COLO) the patched QEMU of
 //! `qemu-glue/build-qemu.sh`, a scenario prints `SKIPPED: <reason>` and returns.
