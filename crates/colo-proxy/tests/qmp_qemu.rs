@@ -154,3 +154,55 @@ fn qmp_driver_asks_reasks_and_fails_over_with_real_qemu() {
     assert_eq!(st["stats"]["mode"], "pass-through");
     assert!(proxy.alive());
 }
+
+/// `colo-proxy primary` runs the same driver (its QMP heartbeat option is
+/// `--qmp-heartbeat-timeout`): it connects to both monitors, learns the delay, and its
+/// `failover` command sends `x-colo-lost-heartbeat` to the secondary QEMU.
+#[test]
+fn primary_role_drives_real_qemu_monitors() {
+    if !qemu_available() {
+        println!("SKIPPED: qemu-system-x86_64 not found (apt-get install qemu-system-x86)");
+        return;
+    }
+    let qdir = tempfile::tempdir().unwrap();
+    let pq = qdir.path().join("primary.qmp");
+    let sq = qdir.path().join("secondary.qmp");
+    let mut primary = start_qemu(&pq);
+    let _secondary = start_qemu(&sq);
+    let pq_arg = format!("unix:{}", pq.display());
+    let sq_arg = format!("unix:{}", sq.display());
+    let mut proxy = common::start_primary(
+        tempfile::tempdir().unwrap(),
+        "unix:{dir}/link.sock",
+        &[
+            "--qmp-primary",
+            &pq_arg,
+            "--qmp-secondary",
+            &sq_arg,
+            "--qmp-heartbeat-timeout",
+            "400",
+            "--heartbeat-timeout",
+            "3000",
+        ],
+    );
+    let mut ctl = Control::new(proxy.connect("ctl.sock"));
+    let q = wait_qmp(&mut ctl, "both monitors up", |q| {
+        q["primary_up"] == true && q["secondary_up"] == true
+    });
+    assert_eq!(q["checkpoint_delay_ms"], 20000, "{q}");
+    // The primary QEMU dies (no COLO ran: no failover by itself); the operator's
+    // failover then picks the secondary.
+    let _ = primary.0.kill();
+    let _ = primary.0.wait();
+    wait_qmp(&mut ctl, "primary down", |q| q["primary_up"] == false);
+    let reply = ctl.command("failover");
+    assert_eq!(reply["survivor"], "secondary", "{reply}");
+    let ev = ctl.event("failover");
+    assert_eq!(ev["cause"], "command", "{ev}");
+    // The secondary QEMU (not in COLO) refuses x-colo-lost-heartbeat: proof it went out.
+    let q = wait_qmp(&mut ctl, "lost-heartbeat answered", |q| {
+        q["errors"].as_u64() >= Some(1)
+    });
+    assert_eq!(q["failed_over"], "secondary");
+    assert!(proxy.alive());
+}
