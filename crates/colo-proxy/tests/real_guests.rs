@@ -629,9 +629,10 @@ fn virsh_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A live (not zombie) process named `daemon`.
 fn running(daemon: &str) -> bool {
     Command::new("pgrep")
-        .args(["-x", daemon])
+        .args(["-x", "-r", "R,S,D", daemon])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -641,7 +642,7 @@ impl Libvirt {
     /// Install the hook and start the daemons; `Err(reason)` to skip.
     fn start() -> Result<Self, String> {
         let mut files = Vec::new();
-        let already = running("libvirtd");
+        let already = virsh_answers();
         if already && !Path::new("/etc/libvirt/hooks/qemu").exists() {
             // libvirtd looks for hooks only when it starts.
             return Err(
@@ -681,7 +682,25 @@ impl Libvirt {
                 if running(daemon) {
                     continue;
                 }
-                let st = Command::new(daemon).arg("-d").status();
+                let st = if daemon == "libvirtd"
+                    && Path::new("/dev/kvm").exists()
+                    && have("unshare")
+                {
+                    // Our QEMU is built without KVM; where /dev/kvm looks usable, libvirtd
+                    // re-probes its capabilities at every lookup (~20 s per define). In
+                    // its own mount namespace a read-only empty file stands in for it.
+                    let no_kvm = std::env::temp_dir().join("colo-libvirt-no-kvm");
+                    std::fs::write(&no_kvm, b"").expect("no-kvm file");
+                    Command::new("unshare")
+                        .args(["-m", "--propagation", "private", "sh", "-c"])
+                        .arg(format!(
+                            "mount --bind {} /dev/kvm && mount -o remount,bind,ro /dev/kvm; exec libvirtd -d",
+                            no_kvm.display()
+                        ))
+                        .status()
+                } else {
+                    Command::new(daemon).arg("-d").status()
+                };
                 if !st.is_ok_and(|s| s.success()) {
                     me._files = files;
                     return Err(format!("{daemon} -d did not start"));
