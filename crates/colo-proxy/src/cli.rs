@@ -119,20 +119,14 @@ pub struct CompareArgs {
           default_missing_value = "on", value_parser = parse_on_off)]
     pub vnet_hdr_support: bool,
 
-    /// Control socket (line-delimited JSON, docs/control-protocol.md): `unix:PATH`
-    /// or a plain path.
-    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
-    pub control: Option<PathBuf>,
+    /// The control socket and the metrics endpoint.
+    #[command(flatten)]
+    pub operator: crate::shell::control::OperatorArgs,
 
     /// Bytes of released frames buffered for a slow or disconnected outdev; beyond
     /// it released frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub outdev_buffer: u64,
-
-    /// Serve Prometheus metrics over HTTP (GET /metrics) on `tcp:HOST:PORT`.
-    #[arg(long, value_name = "tcp:HOST:PORT",
-          value_parser = crate::shell::metrics::parse_metrics_addr)]
-    pub metrics: Option<String>,
 
     /// The QMP checkpoint driver (`--qmp-primary`, `--qmp-secondary`, ...).
     #[command(flatten)]
@@ -248,21 +242,14 @@ pub struct RewriteArgs {
           default_missing_value = "on", value_parser = parse_on_off)]
     pub vnet_hdr_support: bool,
 
-    /// Control socket (line-delimited JSON, docs/control-protocol.md): `unix:PATH`
-    /// or a plain path. Commands: checkpoint-done (zero every connection's
-    /// offsets), failover (new connections pass untouched), stats.
-    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
-    pub control: Option<PathBuf>,
+    /// The control socket and the metrics endpoint.
+    #[command(flatten)]
+    pub operator: crate::shell::control::OperatorArgs,
 
     /// Bytes buffered per output for a slow or disconnected peer; beyond it frames
     /// are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub out_buffer: u64,
-
-    /// Serve Prometheus metrics over HTTP (GET /metrics) on `tcp:HOST:PORT`.
-    #[arg(long, value_name = "tcp:HOST:PORT",
-          value_parser = crate::shell::metrics::parse_metrics_addr)]
-    pub metrics: Option<String>,
 }
 
 impl RewriteArgs {
@@ -550,7 +537,7 @@ mod tests {
         let mut v = base.to_vec();
         v.extend_from_slice(&["--control", "unix:/run/x.ctl"]);
         assert_eq!(
-            compare(&v).unwrap().control,
+            compare(&v).unwrap().operator.control,
             Some(PathBuf::from("/run/x.ctl"))
         );
         assert!(compare(&["--primary-in", "unix:/a"]).is_err());
@@ -600,7 +587,7 @@ mod tests {
         a.validate().unwrap();
         let a = parse(&["--vnet-hdr-support", "--control", "/run/rw.ctl"]);
         assert!(a.vnet_hdr_support);
-        assert_eq!(a.control, Some(PathBuf::from("/run/rw.ctl")));
+        assert_eq!(a.operator.control, Some(PathBuf::from("/run/rw.ctl")));
         assert_eq!(CtlCommand::Failover.wire_name(), "failover");
     }
 }

@@ -31,7 +31,7 @@ use crate::shell::control::ControlPlane;
 use crate::shell::driver::Peers;
 use crate::shell::endpoint::Source;
 use crate::shell::outq::{self, FrameOut, Framing, OutQueue};
-use crate::shell::{Clock, PeerChange, input, metrics};
+use crate::shell::{Clock, PeerChange, input};
 
 /// What the I/O tasks tell the compare driver.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         Some(ep) => Some(Source::bind("notify_dev", ep.clone()).await?),
         None => None,
     };
-    let control = ControlPlane::bind(args.control.as_deref())?;
+    let control = ControlPlane::bind(&args.operator)?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let outq = OutQueue::new(usize::try_from(args.outdev_buffer).unwrap_or(usize::MAX));
@@ -98,13 +98,7 @@ async fn serve(args: &CompareArgs) -> anyhow::Result<()> {
         tasks.spawn(notify::run(src, rx, in_tx.clone()));
         tx
     });
-    metrics::spawn(
-        &mut tasks,
-        args.metrics.as_deref(),
-        control.requests_sender(),
-    )
-    .await?;
-    let (ctl_rx, events) = control.spawn(&mut tasks);
+    let (ctl_rx, events) = control.spawn(&mut tasks).await?;
     let qmp = QmpLink::spawn(&args.qmp, &mut tasks, &in_tx);
     drop(in_tx);
 

@@ -461,11 +461,11 @@ fn example_files_are_valid() {
             Command::Compare(a) => {
                 a.validate().unwrap();
                 assert_eq!(a.engine.pass_port.len(), 2);
-                assert!(a.metrics.is_some() && a.control.is_some());
+                assert!(a.operator.metrics.is_some() && a.operator.control.is_some());
             }
             Command::Rewrite(a) => {
                 a.validate().unwrap();
-                assert!(a.from_secondary_out.connect && a.metrics.is_some());
+                assert!(a.from_secondary_out.connect && a.operator.metrics.is_some());
             }
             other => panic!("{other:?}"),
         }

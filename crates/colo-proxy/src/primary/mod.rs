@@ -13,14 +13,13 @@
 
 pub mod driver;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use colo_core::engine::Engine;
 use tokio::sync::mpsc;
 
 use self::driver::{Driver, MirrorStats};
-use crate::cli::{parse_control_path, parse_on_off, parse_size};
+use crate::cli::{parse_on_off, parse_size};
 use crate::link::proto::LinkRole;
 use crate::link::{self, LinkArgs, RoleEvent};
 use crate::port::{Port, PortSpec};
@@ -50,9 +49,9 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "ENDPOINT")]
     pub link: Endpoint,
 
-    /// Control socket (docs/control-protocol.md): unix:PATH or a plain path.
-    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
-    pub control: Option<PathBuf>,
+    /// The control socket and the metrics endpoint.
+    #[command(flatten)]
+    pub operator: crate::shell::control::OperatorArgs,
 
     /// The compare engine's options (as `compare`).
     #[command(flatten)]
@@ -67,10 +66,6 @@ pub struct PrimaryArgs {
     /// beyond it frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub out_buffer: u64,
-
-    /// Serve the `stats` counters as Prometheus text on `tcp:HOST:PORT` (`GET /metrics`).
-    #[arg(long, value_name = "tcp:HOST:PORT", value_parser = crate::shell::metrics::parse_metrics_addr)]
-    pub metrics: Option<String>,
 
     /// Link options.
     #[command(flatten)]
@@ -103,7 +98,7 @@ pub(crate) async fn serve(
     let client = Port::bind("client", &args.client).await?;
     let pvm = Port::bind("pvm", &args.pvm).await?;
     let link_src = Source::bind(link::ROLE, args.link.clone()).await?;
-    let control = ControlPlane::bind(args.control.as_deref())?;
+    let control = ControlPlane::bind(&args.operator)?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
@@ -126,13 +121,7 @@ pub(crate) async fn serve(
         link_q.clone(),
         in_tx.clone(),
     ));
-    crate::shell::metrics::spawn(
-        &mut tasks,
-        args.metrics.as_deref(),
-        control.requests_sender(),
-    )
-    .await?;
-    let (ctl_rx, events) = control.spawn(&mut tasks);
+    let (ctl_rx, events) = control.spawn(&mut tasks).await?;
     let qmp = QmpLink::spawn(&args.qmp, &mut tasks, &in_tx);
     drop(in_tx);
 

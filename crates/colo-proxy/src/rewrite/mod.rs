@@ -24,7 +24,7 @@ use crate::cli::RewriteArgs;
 use crate::shell::control::ControlPlane;
 use crate::shell::endpoint::Source;
 use crate::shell::outq::{self, OutQueue};
-use crate::shell::{Clock, PeerChange, input, metrics};
+use crate::shell::{Clock, PeerChange, input};
 
 /// What the I/O tasks tell the rewrite driver.
 #[derive(Debug)]
@@ -56,7 +56,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
     let to_out = Source::bind("to_secondary_out", args.to_secondary_out.clone()).await?;
     let from_in = Source::bind("from_secondary_in", args.from_secondary_in.clone()).await?;
     let from_out = Source::bind("from_secondary_out", args.from_secondary_out.clone()).await?;
-    let control = ControlPlane::bind(args.control.as_deref())?;
+    let control = ControlPlane::bind(&args.operator)?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
@@ -72,13 +72,7 @@ async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {
     }));
     tasks.spawn(outq::run(to_out, to_q.clone(), in_tx.clone()));
     tasks.spawn(outq::run(from_out, from_q.clone(), in_tx.clone()));
-    metrics::spawn(
-        &mut tasks,
-        args.metrics.as_deref(),
-        control.requests_sender(),
-    )
-    .await?;
-    let (ctl_rx, events) = control.spawn(&mut tasks);
+    let (ctl_rx, events) = control.spawn(&mut tasks).await?;
     drop(in_tx);
 
     tracing::info!(

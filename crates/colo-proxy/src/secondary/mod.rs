@@ -14,7 +14,6 @@
 
 pub mod driver;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use colo_core::announce::VmAddresses;
@@ -22,7 +21,7 @@ use colo_core::rewrite::{RewriteConfig, Rewriter};
 use tokio::sync::mpsc;
 
 use self::driver::{Counters, Driver};
-use crate::cli::{parse_control_path, parse_on_off, parse_size};
+use crate::cli::{parse_on_off, parse_size};
 use crate::link::proto::LinkRole;
 use crate::link::{self, LinkArgs, RoleEvent};
 use crate::port::{Port, PortSpec};
@@ -50,9 +49,9 @@ pub struct SecondaryArgs {
     #[arg(long, value_name = "PORT")]
     pub client: Option<PortSpec>,
 
-    /// Control socket (docs/control-protocol.md): unix:PATH or a plain path.
-    #[arg(long, value_name = "unix:PATH", value_parser = parse_control_path)]
-    pub control: Option<PathBuf>,
+    /// The control socket and the metrics endpoint.
+    #[command(flatten)]
+    pub operator: crate::shell::control::OperatorArgs,
 
     /// Stream ports carry the be32 vnet_hdr_len field (QEMU vnet_hdr_support).
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
@@ -73,10 +72,6 @@ pub struct SecondaryArgs {
     /// Most VM addresses remembered for the failover announcements.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_announced_addresses: usize,
-
-    /// Serve the `stats` counters as Prometheus text on `tcp:HOST:PORT` (`GET /metrics`).
-    #[arg(long, value_name = "tcp:HOST:PORT", value_parser = crate::shell::metrics::parse_metrics_addr)]
-    pub metrics: Option<String>,
 
     /// Link options.
     #[command(flatten)]
@@ -106,7 +101,7 @@ pub(crate) async fn serve(
         None => None,
     };
     let link_src = Source::bind(link::ROLE, args.link.clone()).await?;
-    let control = ControlPlane::bind(args.control.as_deref())?;
+    let control = ControlPlane::bind(&args.operator)?;
 
     let (in_tx, in_rx) = mpsc::channel(input::CHANNEL_BATCHES);
     let cap = usize::try_from(args.out_buffer).unwrap_or(usize::MAX);
@@ -127,13 +122,7 @@ pub(crate) async fn serve(
         link_q.clone(),
         in_tx.clone(),
     ));
-    crate::shell::metrics::spawn(
-        &mut tasks,
-        args.metrics.as_deref(),
-        control.requests_sender(),
-    )
-    .await?;
-    let (ctl_rx, events) = control.spawn(&mut tasks);
+    let (ctl_rx, events) = control.spawn(&mut tasks).await?;
     drop(in_tx);
 
     tracing::info!(svm = %args.svm, link = %args.link, "secondary proxy running");

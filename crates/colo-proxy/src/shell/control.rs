@@ -201,6 +201,7 @@ fn reply_line(
 #[derive(Debug)]
 pub struct ControlPlane {
     server: Option<(UnixServer, String)>,
+    metrics: Option<String>,
     requests_tx: mpsc::Sender<Request>,
     /// Commands for the driver.
     pub requests: mpsc::Receiver<Request>,
@@ -208,11 +209,27 @@ pub struct ControlPlane {
     pub events: broadcast::Sender<String>,
 }
 
+/// The operator endpoints every daemon role takes: the control socket and the
+/// Prometheus endpoint (which asks the driver through the control channel).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Control socket (line-delimited JSON, docs/control-protocol.md): `unix:PATH`
+    /// or a plain path.
+    #[arg(long, value_name = "unix:PATH", value_parser = crate::cli::parse_control_path)]
+    pub control: Option<std::path::PathBuf>,
+
+    /// Serve the `stats` counters as Prometheus text over HTTP (GET /metrics) on
+    /// `tcp:HOST:PORT`.
+    #[arg(long, value_name = "tcp:HOST:PORT",
+          value_parser = super::metrics::parse_metrics_addr)]
+    pub metrics: Option<String>,
+}
+
 impl ControlPlane {
     /// Bind `--control` (if given) so that a bad path stops the role before it runs.
-    pub fn bind(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    pub fn bind(args: &OperatorArgs) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let server = match path {
+        let server = match args.control.as_deref() {
             Some(p) => Some((
                 UnixServer::bind(p).context("--control")?,
                 p.display().to_string(),
@@ -223,28 +240,25 @@ impl ControlPlane {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Ok(Self {
             server,
+            metrics: args.metrics.clone(),
             requests_tx,
             requests,
             events,
         })
     }
 
-    /// Another sender of commands to the driver (the metrics endpoint asks through it).
-    #[must_use]
-    pub fn requests_sender(&self) -> mpsc::Sender<Request> {
-        self.requests_tx.clone()
-    }
-
-    /// Start serving clients (if there is a socket); returns the driver's ends.
-    pub fn spawn(
+    /// Start serving control clients (if there is a socket) and scrapers (if
+    /// `--metrics` is given); returns the driver's ends.
+    pub async fn spawn(
         self,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> (mpsc::Receiver<Request>, broadcast::Sender<String>) {
+    ) -> anyhow::Result<(mpsc::Receiver<Request>, broadcast::Sender<String>)> {
+        super::metrics::spawn(tasks, self.metrics.as_deref(), self.requests_tx.clone()).await?;
         if let Some((server, path)) = self.server {
             tracing::info!(path, "control socket listening");
             tasks.spawn(serve(server, self.requests_tx, self.events.clone()));
         }
-        (self.requests, self.events)
+        Ok((self.requests, self.events))
     }
 }
 
