@@ -141,13 +141,7 @@ impl CompareArgs {
             ("--secondary-in", &self.secondary_in),
             ("--outdev", &self.outdev),
         ];
-        for (i, (a, ea)) in eps.iter().enumerate() {
-            for (b, eb) in &eps[i + 1..] {
-                if ea.addr == eb.addr {
-                    anyhow::bail!("{a} and {b} are the same endpoint ({ea}); each needs its own");
-                }
-            }
-        }
+        ensure_distinct("endpoint", &eps, |ep| &ep.addr)?;
         self.engine.validate()
     }
 }
@@ -261,13 +255,7 @@ impl RewriteArgs {
             ("--from-secondary-in", &self.from_secondary_in),
             ("--from-secondary-out", &self.from_secondary_out),
         ];
-        for (i, (a, ea)) in eps.iter().enumerate() {
-            for (b, eb) in &eps[i + 1..] {
-                if ea.addr == eb.addr {
-                    anyhow::bail!("{a} and {b} are the same endpoint ({ea}); each needs its own");
-                }
-            }
-        }
+        ensure_distinct("endpoint", &eps, |ep| &ep.addr)?;
         Ok(())
     }
 }
@@ -329,6 +317,23 @@ pub(crate) fn parse_on_off(s: &str) -> Result<bool, String> {
         "off" | "false" | "no" | "0" => Ok(false),
         _ => Err(format!("{s:?}: use on or off")),
     }
+}
+
+/// Each named option must have its own endpoint or port (`what`): two equal `key`s
+/// are a usage error naming both options.
+pub(crate) fn ensure_distinct<T: std::fmt::Display, K: PartialEq>(
+    what: &str,
+    items: &[(&str, T)],
+    key: impl Fn(&T) -> K,
+) -> anyhow::Result<()> {
+    for (i, (a, x)) in items.iter().enumerate() {
+        for (b, y) in &items[i + 1..] {
+            if key(x) == key(y) {
+                anyhow::bail!("{a} and {b} are the same {what} ({x}); each needs its own");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A control socket path: `unix:PATH` or `PATH`.

@@ -99,19 +99,6 @@ impl fmt::Display for PortSpec {
     }
 }
 
-/// Two ports of one proxy must be different ports.
-pub fn ensure_distinct(a: (&str, &PortSpec), b: (&str, &PortSpec)) -> anyhow::Result<()> {
-    if a.1 == b.1 {
-        anyhow::bail!(
-            "{} and {} are the same port ({}); each needs its own",
-            a.0,
-            b.0,
-            a.1
-        );
-    }
-    Ok(())
-}
-
 /// A bound port, ready to run.
 #[derive(Debug)]
 pub struct Port {

@@ -79,7 +79,11 @@ pub struct PrimaryArgs {
 
 /// Run `colo-proxy primary` until SIGINT or SIGTERM.
 pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
-    crate::port::ensure_distinct(("--client", &args.client), ("--pvm", &args.pvm))?;
+    crate::cli::ensure_distinct(
+        "port",
+        &[("--client", &args.client), ("--pvm", &args.pvm)],
+        |p| *p,
+    )?;
     args.link_options.validate()?;
     args.engine.validate()?;
     crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })

@@ -81,7 +81,9 @@ pub struct SecondaryArgs {
 /// Run `colo-proxy secondary` until SIGINT or SIGTERM.
 pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
     if let Some(client) = &args.client {
-        crate::port::ensure_distinct(("--client", client), ("--svm", &args.svm))?;
+        crate::cli::ensure_distinct("port", &[("--client", client), ("--svm", &args.svm)], |p| {
+            *p
+        })?;
     }
     args.link_options.validate()?;
     crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })

@@ -208,6 +208,21 @@ impl OutQueue {
         }
     }
 
+    /// Replace `batch` with clones of the first queued entries (a write's worth:
+    /// [`WRITE_BATCH_FRAMES`], [`WRITE_BATCH_BYTES`]), waiting while the queue is
+    /// empty. They stay queued until popped.
+    async fn next_batch(&self, batch: &mut Vec<Wire>) {
+        loop {
+            batch.clear();
+            self.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, batch);
+            if !batch.is_empty() {
+                return;
+            }
+            // Only an empty queue waits; a push into it stores a wake-up.
+            self.notify.notified().await;
+        }
+    }
+
     /// Drop the front entry after a failed send (counted as dropped).
     fn pop_failed(&self) {
         let mut q = self.lock();
@@ -315,13 +330,7 @@ async fn ignore_input<R: AsyncRead + Unpin>(rd: &mut R, role: &'static str) -> S
 pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -> String {
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     loop {
-        batch.clear();
-        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
-        if batch.is_empty() {
-            // Only an empty queue waits; a push into it stores a wake-up.
-            queue.notify.notified().await;
-            continue;
-        }
+        queue.next_batch(&mut batch).await;
         if let Err(e) = write_batch(wr, queue, &batch).await {
             return e.to_string();
         }
@@ -377,12 +386,7 @@ where
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     loop {
         // Everything queued (up to a batch) per wake-up, one lock to take it.
-        batch.clear();
-        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
-        if batch.is_empty() {
-            queue.notify.notified().await;
-            continue;
-        }
+        queue.next_batch(&mut batch).await;
         let mut sent = 0;
         for w in batch.drain(..) {
             match send(w.into_packet()).await {
