@@ -109,24 +109,33 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         summary.to_string()
     };
+    report(
+        &text,
+        summary.verified,
+        &summary.verification.problems,
+        &format!("--log-level debug and the same --seed {}", args.seed),
+    )
+}
+
+/// Print the summary on stdout; exit 0 when the client got exactly what the primary
+/// sent, else 1 with the first problem and how to rerun (`rerun_with`) on stderr.
+pub(crate) fn report(
+    text: &str,
+    verified: bool,
+    problems: &[String],
+    rerun_with: &str,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", text.trim_end())
         .and_then(|()| out.flush())
         .context("writing the summary to stdout (is the pipe closed?)")?;
-
-    if summary.verified {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let first = summary
-            .verification
-            .problems
-            .first()
-            .map_or("unknown problem", String::as_str);
-        eprintln!(
-            "error: the client did not receive exactly what the primary sent: {first}; \
-             rerun with --log-level debug and the same --seed {} to investigate",
-            args.seed
-        );
-        Ok(ExitCode::FAILURE)
+    if verified {
+        return Ok(ExitCode::SUCCESS);
     }
+    let first = problems.first().map_or("unknown problem", String::as_str);
+    eprintln!(
+        "error: the client did not receive exactly what the primary sent: {first}; \
+         rerun with {rerun_with} to investigate"
+    );
+    Ok(ExitCode::FAILURE)
 }

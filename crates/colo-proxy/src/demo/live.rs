@@ -11,7 +11,6 @@ mod summary;
 mod traffic;
 mod wire;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,24 +119,12 @@ async fn live(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     } else {
         summary.to_string()
     };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", text.trim_end())
-        .and_then(|()| out.flush())
-        .context("writing the summary to stdout (is the pipe closed?)")?;
-    if summary.verified() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let first = summary
-            .verification
-            .problems
-            .first()
-            .map_or("unknown problem", String::as_str);
-        eprintln!(
-            "error: the client did not receive exactly what the primary VM sent: {first}; \
-             rerun with --log-level debug to see the proxies' decisions"
-        );
-        Ok(ExitCode::FAILURE)
-    }
+    super::report(
+        &text,
+        summary.verified(),
+        &summary.verification.problems,
+        "--log-level debug to see the proxies' decisions",
+    )
 }
 
 async fn scenario(
