@@ -166,7 +166,7 @@ impl Engine {
     /// Feed one frame produced by a VM.
     pub fn handle_frame(&mut self, now: Instant, side: Side, frame: Frame) {
         let classified = classify(frame.ethernet_bytes());
-        self.handle_classified(now, side, frame, classified);
+        self.handle_trusted(now, side, frame, classified);
     }
 
     /// [`Engine::handle_frame`] for a frame the caller has already classified (the
@@ -187,6 +187,11 @@ impl Engine {
         } else {
             classify(frame.ethernet_bytes())
         };
+        self.handle_trusted(now, side, frame, classified);
+    }
+
+    /// The frame with its own fresh classification (the live path checks nothing twice).
+    fn handle_trusted(&mut self, now: Instant, side: Side, frame: Frame, classified: Classified) {
         self.advance(now);
         let s = side.index();
         self.stats.frames_in[s] += 1;
