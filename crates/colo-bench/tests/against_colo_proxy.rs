@@ -48,6 +48,7 @@ struct Case<'a> {
     vnet: bool,
     frame_size: &'a str,
     extra: &'a [&'a str],
+    proxy_extra: &'a [&'a str],
 }
 
 impl Default for Case<'_> {
@@ -58,6 +59,7 @@ impl Default for Case<'_> {
             vnet: false,
             frame_size: "1514",
             extra: &[],
+            proxy_extra: &[],
         }
     }
 }
@@ -82,6 +84,7 @@ fn run(c: &Case<'_>) -> serde_json::Value {
         .args(["--primary-in", &format!("{}{suffix}", eps[0])])
         .args(["--secondary-in", &format!("{}{suffix}", eps[1])])
         .args(["--outdev", &format!("{}{suffix}", eps[2])])
+        .args(c.proxy_extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if c.vnet {
@@ -207,4 +210,18 @@ fn closed_loop_busy_poll_vnet() {
     });
     assert_eq!(v["busy_poll"], true, "{v}");
     assert_eq!(v["released"], 3000, "{v}");
+}
+
+#[test]
+fn proxy_busy_poll_serves_windowed_and_closed_loop_loads() {
+    // The busy-poll spinner must not starve the readers, the driver or the writer.
+    for extra in [&["--mode", "windowed"][..], &["--mode", "closed-loop"][..]] {
+        let v = run(&Case {
+            frame_size: "130",
+            extra,
+            proxy_extra: &["--busy-poll"],
+            ..Case::default()
+        });
+        assert_eq!(v["released"], 3000, "{v}");
+    }
 }

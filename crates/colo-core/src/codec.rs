@@ -217,11 +217,18 @@ impl FrameDecoder {
     /// [`poll_frame`](Self::poll_frame) as after a `push`. While the decoder is
     /// poisoned the buffer is emptied on every call, so what is appended then is
     /// dropped, as `push` would ignore it.
-    pub fn read_buffer(&mut self, min_free: usize) -> &mut BytesMut {
+    ///
+    /// Room is made only when less than `min_free` is spare, and then for `chunk`
+    /// bytes (at least `min_free`): successive small reads share one allocation
+    /// instead of each asking for a fresh `chunk`-sized one (frames already decoded
+    /// are slices of the old buffer, so it cannot be reused in place while they live).
+    pub fn read_buffer(&mut self, min_free: usize, chunk: usize) -> &mut BytesMut {
         if self.poisoned.is_some() {
             self.buf = BytesMut::new();
         }
-        self.buf.reserve(min_free);
+        if self.buf.capacity() - self.buf.len() < min_free {
+            self.buf.reserve(chunk.max(min_free));
+        }
         &mut self.buf
     }
 
@@ -425,19 +432,44 @@ mod tests {
     #[test]
     fn read_buffer_has_room_and_is_emptied_while_poisoned() {
         let mut dec = FrameDecoder::new(cfg(false));
-        let b = dec.read_buffer(1000);
+        let b = dec.read_buffer(1000, 1000);
         assert!(b.capacity() - b.len() >= 1000);
         b.extend_from_slice(&[0, 0, 0, 2, 7, 8, 0, 0]);
         assert_eq!(drain(&mut dec).unwrap().len(), 1);
-        dec.read_buffer(10).extend_from_slice(&[0, 0]);
+        dec.read_buffer(10, 10).extend_from_slice(&[0, 0]);
         // A zero length prefix poisons the decoder.
         assert!(dec.poll_frame().is_err());
-        dec.read_buffer(10).extend_from_slice(&[1; 100]);
-        assert!(dec.read_buffer(10).is_empty());
+        dec.read_buffer(10, 10).extend_from_slice(&[1; 100]);
+        assert!(dec.read_buffer(10, 10).is_empty());
         assert!(dec.poll_frame().is_err());
         dec.reset();
-        dec.read_buffer(10).extend_from_slice(&[0, 0, 0, 1, 9]);
+        dec.read_buffer(10, 10).extend_from_slice(&[0, 0, 0, 1, 9]);
         assert_eq!(drain(&mut dec).unwrap()[0].data[..], [9]);
+    }
+
+    #[test]
+    fn small_reads_share_one_allocation_while_frames_live() {
+        let mut dec = FrameDecoder::new(cfg(false));
+        let mut held = Vec::new();
+        let first = dec.read_buffer(64, 4096).as_ptr();
+        for i in 0..20u8 {
+            let b = dec.read_buffer(64, 4096);
+            b.extend_from_slice(&[0, 0, 0, 2, i, i]);
+            held.push(dec.poll_frame().unwrap().unwrap());
+        }
+        // 20 frames of 6 wire bytes each, all still alive, came from the first chunk.
+        let base = first as usize;
+        for f in &held {
+            let at = f.data.as_ptr() as usize;
+            assert!(
+                at >= base && at < base + 4096,
+                "frame outside the first chunk"
+            );
+        }
+        // Running low on room makes a new chunk of the asked size.
+        dec.read_buffer(64, 4096).extend_from_slice(&[0; 4000]);
+        let b = dec.read_buffer(64, 4096);
+        assert!(b.capacity() - b.len() >= 4096);
     }
 
     #[test]
@@ -779,7 +811,7 @@ mod tests {
                 if i % 2 == 0 {
                     dec.push(&wire[w[0]..w[1]]);
                 } else {
-                    dec.read_buffer(16).extend_from_slice(&wire[w[0]..w[1]]);
+                    dec.read_buffer(16, 64).extend_from_slice(&wire[w[0]..w[1]]);
                 }
                 got.extend(drain(&mut dec).unwrap());
             }

@@ -123,6 +123,10 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub operator: crate::shell::control::OperatorArgs,
 
+    /// How the runtime waits for work (`--busy-poll`).
+    #[command(flatten)]
+    pub runtime: crate::shell::RuntimeArgs,
+
     /// Bytes of released frames buffered for a slow or disconnected outdev; beyond
     /// it released frames are dropped and counted. Accepts K, M, G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
@@ -239,6 +243,10 @@ pub struct RewriteArgs {
     /// The control socket and the metrics endpoint.
     #[command(flatten)]
     pub operator: crate::shell::control::OperatorArgs,
+
+    /// How the runtime waits for work (`--busy-poll`).
+    #[command(flatten)]
+    pub runtime: crate::shell::RuntimeArgs,
 
     /// Bytes buffered per output for a slow or disconnected peer; beyond it frames
     /// are dropped and counted. Accepts K, M, G suffixes.

@@ -63,7 +63,7 @@ impl From<PeerChange> for Event {
 /// Run `colo-proxy compare` until SIGINT or SIGTERM.
 pub fn run(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
-    crate::shell::block_on(serve(args))
+    crate::shell::block_on(args.runtime, serve(args))
 }
 
 async fn serve(args: &CompareArgs) -> anyhow::Result<()> {

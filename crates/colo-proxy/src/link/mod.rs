@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use self::proto::{Decoder, HELLO_LEN, LinkRole, Message, Parts};
 use crate::shell::PeerChange;
 use crate::shell::endpoint::Source;
-use crate::shell::input::{BATCH_FRAMES, READ_BUF};
+use crate::shell::input::{BATCH_FRAMES, MIN_READ, READ_BUF};
 use crate::shell::outq::{self, OutQueue};
 
 /// The endpoint role name of the link in events, logs and `stats`.
@@ -213,7 +213,7 @@ where
 {
     let mut dec = Decoder::new(config.max_message);
     loop {
-        let read = rd.read_buf(dec.read_buffer(READ_BUF));
+        let read = rd.read_buf(dec.read_buffer(MIN_READ, READ_BUF));
         match tokio::time::timeout(config.heartbeat_timeout, read).await {
             Err(_) => {
                 return Some(format!(
@@ -313,7 +313,7 @@ mod tests {
             let (mut got, mut beats) = (Vec::new(), 0);
             // Heartbeats keep coming once the queue is empty.
             while got.len() < want.len() || beats < 3 {
-                let read = rd.read_buf(dec.read_buffer(4096));
+                let read = rd.read_buf(dec.read_buffer(4096, 4096));
                 let n = tokio::time::timeout(Duration::from_secs(10), read)
                     .await
                     .expect("the writer stalled")

@@ -266,11 +266,15 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The buffer to read into directly , with at least
-    /// `min_free` bytes of spare capacity; whatever is appended to it is decoded by
-    /// the next [`Decoder::poll`]. Messages are slices of it, so nothing is copied.
-    pub fn read_buffer(&mut self, min_free: usize) -> &mut BytesMut {
-        self.buf.reserve(min_free);
+    /// The buffer to read into directly, with at least `min_free` bytes of spare
+    /// capacity; whatever is appended to it is decoded by the next
+    /// [`Decoder::poll`]. Messages are slices of it, so nothing is copied. Room is
+    /// made only when less than `min_free` is spare, and then for `chunk` bytes, so
+    /// small reads share one allocation (as the frame codec's `read_buffer`).
+    pub fn read_buffer(&mut self, min_free: usize, chunk: usize) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < min_free {
+            self.buf.reserve(chunk.max(min_free));
+        }
         &mut self.buf
     }
 

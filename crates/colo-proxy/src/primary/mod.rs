@@ -53,6 +53,10 @@ pub struct PrimaryArgs {
     #[command(flatten)]
     pub operator: crate::shell::control::OperatorArgs,
 
+    /// How the runtime waits for work (`--busy-poll`).
+    #[command(flatten)]
+    pub runtime: crate::shell::RuntimeArgs,
+
     /// The compare engine's options (as `compare`).
     #[command(flatten)]
     pub engine: crate::cli::EngineArgs,
@@ -86,7 +90,9 @@ pub fn run(args: &PrimaryArgs) -> anyhow::Result<ExitCode> {
     )?;
     args.link_options.validate()?;
     args.engine.validate()?;
-    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
+    crate::shell::block_on(args.runtime, async {
+        serve(args, crate::shell::shutdown_signal()?).await
+    })
 }
 
 /// Run the primary until `shutdown` completes (the daemon: SIGINT or SIGTERM; the

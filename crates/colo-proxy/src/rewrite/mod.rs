@@ -44,7 +44,7 @@ impl From<PeerChange> for Event {
 /// Run `colo-proxy rewrite` until SIGINT or SIGTERM.
 pub fn run(args: &RewriteArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
-    crate::shell::block_on(serve(args))
+    crate::shell::block_on(args.runtime, serve(args))
 }
 
 async fn serve(args: &RewriteArgs) -> anyhow::Result<()> {

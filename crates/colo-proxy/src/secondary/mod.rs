@@ -53,6 +53,10 @@ pub struct SecondaryArgs {
     #[command(flatten)]
     pub operator: crate::shell::control::OperatorArgs,
 
+    /// How the runtime waits for work (`--busy-poll`).
+    #[command(flatten)]
+    pub runtime: crate::shell::RuntimeArgs,
+
     /// Stream ports carry the be32 vnet_hdr_len field (QEMU vnet_hdr_support).
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_value = "off",
           default_missing_value = "on", value_parser = parse_on_off)]
@@ -86,7 +90,9 @@ pub fn run(args: &SecondaryArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     args.link_options.validate()?;
-    crate::shell::block_on(async { serve(args, crate::shell::shutdown_signal()?).await })
+    crate::shell::block_on(args.runtime, async {
+        serve(args, crate::shell::shutdown_signal()?).await
+    })
 }
 
 /// Run the secondary until `shutdown` completes (the daemon: SIGINT or SIGTERM;

@@ -24,8 +24,13 @@ use super::endpoint::Source;
 pub const CHANNEL_BATCHES: usize = 64;
 /// Most frames in one batch.
 pub const BATCH_FRAMES: usize = 1024;
-/// Bytes asked for per read (read straight into the decoder's buffer, no copy).
+/// Bytes asked for per read at most (read straight into the decoder's buffer, no
+/// copy): the size of each new buffer chunk.
 pub const READ_BUF: usize = 256 * 1024;
+/// A read goes into the current chunk while at least this much of it is free; only
+/// then is a new [`READ_BUF`] chunk allocated. Small reads (one frame at a time) thus
+/// share a chunk instead of each allocating (and page-faulting) a fresh 256 KiB.
+pub const MIN_READ: usize = 16 * 1024;
 
 /// Read frames from `source`, connection after connection, and send them to the
 /// driver as `wrap(batch)`, a batch per read (in order). Runs until the driver is
@@ -68,7 +73,7 @@ where
 {
     let mut dec = FrameDecoder::new(config);
     loop {
-        match io.read_buf(dec.read_buffer(READ_BUF)).await {
+        match io.read_buf(dec.read_buffer(MIN_READ, READ_BUF)).await {
             Ok(0) => {
                 return Some(match dec.finish() {
                     Ok(()) => "closed by peer".to_owned(),

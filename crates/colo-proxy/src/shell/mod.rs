@@ -104,9 +104,23 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
     })
 }
 
+/// How a daemon role's runtime waits for work; flattened into every daemon role.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct RuntimeArgs {
+    /// Poll the sockets in a loop instead of sleeping until one is ready: a frame is
+    /// picked up without a wake-up, which takes several microseconds off the added
+    /// latency, at the price of one core kept 100% busy even when idle. For hosts
+    /// with a core to spare for the proxy (docs/performance.md, "busy-poll").
+    #[arg(long)]
+    pub busy_poll: bool,
+}
+
 /// Run a role to completion on a single-threaded tokio runtime (the engine and the
-/// rewriter are owned by one task, so more threads would only add hand-offs).
+/// rewriter are owned by one task, so more threads would only add hand-offs). With
+/// `--busy-poll`, a task that only yields keeps the runtime from ever sleeping: at
+/// each turn the runtime asks the kernel for ready sockets without waiting.
 pub(crate) fn block_on(
+    runtime: RuntimeArgs,
     role: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
@@ -114,6 +128,20 @@ pub(crate) fn block_on(
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    rt.block_on(role)?;
+    rt.block_on(async {
+        let spinner = runtime.busy_poll.then(|| {
+            tracing::info!("busy-poll: polling the sockets without sleeping (one core busy)");
+            tokio::spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+        let result = role.await;
+        if let Some(spinner) = spinner {
+            spinner.abort();
+        }
+        result
+    })?;
     Ok(std::process::ExitCode::SUCCESS)
 }
