@@ -5,14 +5,14 @@
 //! non-blocking outdev instead of sleeping in `read`, which takes its own wake-up out
 //! of the measured latency (and costs a core).
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use colo_core::codec::{DecoderConfig, FrameDecoder};
 
 use crate::endpoint::Conns;
 use crate::frames::FlowSet;
+use crate::outdev::OutdevReader;
 use crate::report::Report;
 
 /// How the closed loop runs.
@@ -47,10 +47,7 @@ pub fn run(conns: Conns, set: &FlowSet, cfg: Settings) -> Report {
         mut sec,
         mut out,
     } = conns;
-    let mut dec = FrameDecoder::new(DecoderConfig {
-        vnet_hdr: vnet,
-        ..DecoderConfig::default()
-    });
+    let mut rd = OutdevReader::new(vnet);
     let mut rep = Report::default();
     let _ = out.set_read_timeout(Some(drain_timeout));
     if busy_poll && let Err(e) = out.set_nonblocking(true) {
@@ -59,8 +56,7 @@ pub fn run(conns: Conns, set: &FlowSet, cfg: Settings) -> Report {
     }
     let mut next_k = vec![0u32; set.len()];
     let (mut pbuf, mut sbuf) = (BytesMut::new(), BytesMut::new());
-    let mut rbuf = vec![0u8; 64 * 1024];
-    let mut scratch = Vec::new();
+    let same = set.secondary_is_primary(split);
     let start = Instant::now();
     let mut flow = 0usize;
     'run: while rep.sent < frames && until.is_none_or(|t| Instant::now() < t) {
@@ -68,9 +64,11 @@ pub fn run(conns: Conns, set: &FlowSet, cfg: Settings) -> Report {
         next_k[flow] = k.wrapping_add(1);
         pbuf.clear();
         sbuf.clear();
-        set.put_secondary(flow, k, split, &mut sbuf);
+        if !same {
+            set.put_secondary(flow, k, split, &mut sbuf);
+        }
         set.put_primary(flow, k, &mut pbuf);
-        if let Err(e) = sec.write_all(&sbuf) {
+        if let Err(e) = sec.write_all(if same { &pbuf } else { &sbuf }) {
             rep.error(format!("sending to secondary_in: {e}"));
             break;
         }
@@ -80,23 +78,34 @@ pub fn run(conns: Conns, set: &FlowSet, cfg: Settings) -> Report {
             break;
         }
         rep.sent += 1;
-        let frame = loop {
-            match dec.poll_frame() {
-                Ok(Some(f)) => break f,
+        let now = loop {
+            match rd.next_frame() {
+                Ok(Some(frame)) => {
+                    let now = Instant::now();
+                    if !set.is_segment(flow, k, frame) {
+                        rep.corrupt += 1;
+                        rep.error(format!(
+                            "flow {flow}: segment {k} is not what was sent: got flow {:?} \
+                             field {:?}",
+                            set.flow_of(frame),
+                            set.field_of(frame)
+                        ));
+                    }
+                    break now;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     rep.error(format!("outdev framing: {e}"));
                     break 'run;
                 }
             }
-            match out.read(&mut rbuf) {
+            match rd.fill(&mut out) {
                 Ok(0) => {
                     rep.error("outdev closed by the proxy".to_owned());
                     break 'run;
                 }
                 Ok(n) => {
                     rep.bytes += n as u64;
-                    dec.push(&rbuf[..n]);
                 }
                 Err(e) if busy_poll && e.kind() == std::io::ErrorKind::WouldBlock => {
                     if t0.elapsed() > drain_timeout {
@@ -111,18 +120,9 @@ pub fn run(conns: Conns, set: &FlowSet, cfg: Settings) -> Report {
                 }
             }
         };
-        let now = Instant::now();
         rep.latency(now.duration_since(t0));
         rep.released += 1;
         rep.elapsed = now.duration_since(start);
-        if !set.is_segment(flow, k, &frame.data, &mut scratch) {
-            rep.corrupt += 1;
-            rep.error(format!(
-                "flow {flow}: segment {k} is not what was sent: got flow {:?} field {:?}",
-                set.flow_of(&frame.data),
-                set.field_of(&frame.data)
-            ));
-        }
         flow = (flow + 1) % set.len();
     }
     rep.finish(start);

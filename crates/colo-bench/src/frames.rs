@@ -172,7 +172,9 @@ impl FlowSet {
         }
     }
 
-    /// Writes segment `k` of `flow` (vnet header + Ethernet frame) into `out`.
+    /// Writes segment `k` of `flow` (vnet header + Ethernet frame) into `out` (the
+    /// reference the fast paths are tested against).
+    #[cfg(test)]
     pub fn write_segment(&self, flow: usize, k: u32, out: &mut [u8]) {
         out.copy_from_slice(self.template(flow));
         let (off, csum) = self.proto.patch_offsets();
@@ -183,8 +185,21 @@ impl FlowSet {
     pub fn put_primary(&self, flow: usize, k: u32, buf: &mut BytesMut) {
         self.put_header(self.stride, buf);
         let start = buf.len();
-        buf.resize(start + self.stride, 0);
-        self.write_segment(flow, k, &mut buf[start..]);
+        buf.extend_from_slice(self.template(flow));
+        let (off, csum) = self.proto.patch_offsets();
+        patch_u32(
+            &mut buf[start + self.voff..],
+            off,
+            csum,
+            self.value(flow, k),
+        );
+    }
+
+    /// Whether the secondary's copy of a segment is the primary's frame itself (no
+    /// `--sec-split`, or UDP), so one buffer can be written to both inputs.
+    #[must_use]
+    pub fn secondary_is_primary(&self, split: u32) -> bool {
+        self.proto == Proto::Udp || split <= 1 || self.plen <= 1
     }
 
     /// Appends what the secondary sends for segment `k` of `flow`: the same frame when
@@ -255,15 +270,36 @@ impl FlowSet {
         (f < self.len()).then_some(f)
     }
 
-    /// Whether `data` is exactly segment `k` of `flow`; `scratch` is reused.
-    pub fn is_segment(&self, flow: usize, k: u32, data: &[u8], scratch: &mut Vec<u8>) -> bool {
-        scratch.resize(self.stride, 0);
-        self.write_segment(flow, k, scratch);
-        data == &scratch[..]
+    /// Whether `data` is exactly segment `k` of `flow`: the template's bytes except
+    /// the patched field and its checksum, which must hold segment `k`'s values
+    /// (compared in place, without building the expected frame).
+    #[must_use]
+    pub fn is_segment(&self, flow: usize, k: u32, data: &[u8]) -> bool {
+        let t = self.template(flow);
+        if data.len() != t.len() {
+            return false;
+        }
+        let (off, csum_off) = self.proto.patch_offsets();
+        let (off, csum_off) = (self.voff + off, self.voff + csum_off);
+        let old = u32::from_be_bytes([t[off], t[off + 1], t[off + 2], t[off + 3]]);
+        let new = self.value(flow, k);
+        let csum = update_u32(u16::from_be_bytes([t[csum_off], t[csum_off + 1]]), old, new);
+        // The two patched ranges in offset order, then every byte around them.
+        let (a, b) = if off < csum_off {
+            ((off, 4), (csum_off, 2))
+        } else {
+            ((csum_off, 2), (off, 4))
+        };
+        data[off..off + 4] == new.to_be_bytes()
+            && data[csum_off..csum_off + 2] == csum.to_be_bytes()
+            && data[..a.0] == t[..a.0]
+            && data[a.0 + a.1..b.0] == t[a.0 + a.1..b.0]
+            && data[b.0 + b.1..] == t[b.0 + b.1..]
     }
 
     /// Which segment of `flow` `data` is, if it is exactly one of them.
-    pub fn segment_of(&self, flow: usize, data: &[u8], scratch: &mut Vec<u8>) -> Option<u32> {
+    #[must_use]
+    pub fn segment_of(&self, flow: usize, data: &[u8]) -> Option<u32> {
         let v = self.field_of(data)?;
         let k = match self.proto {
             Proto::Tcp => {
@@ -273,7 +309,7 @@ impl FlowSet {
             }
             Proto::Udp => v,
         };
-        self.is_segment(flow, k, data, scratch).then_some(k)
+        self.is_segment(flow, k, data).then_some(k)
     }
 
     /// The patched field of a released frame, for error messages.
@@ -326,10 +362,9 @@ mod tests {
                     assert_eq!(&got[..], &want.data[..], "size {size} flow {i} seg {k}");
                 }
                 assert_eq!(set.flow_of(&got), Some(i as usize));
-                let mut scratch = Vec::new();
-                assert_eq!(set.segment_of(i as usize, &got, &mut scratch), Some(2999));
+                assert_eq!(set.segment_of(i as usize, &got), Some(2999));
                 got[100] ^= 1;
-                assert_eq!(set.segment_of(i as usize, &got, &mut scratch), None);
+                assert_eq!(set.segment_of(i as usize, &got), None);
             }
         }
     }
@@ -383,7 +418,7 @@ mod tests {
                 assert_eq!(a, b, "flow {flow} k {k}");
                 assert_eq!(set.flow_of(&got), Some(flow));
                 assert_eq!(set.field_of(&got), Some(k));
-                assert_eq!(set.segment_of(flow, &got, &mut Vec::new()), Some(k));
+                assert_eq!(set.segment_of(flow, &got), Some(k));
             }
         }
     }
@@ -396,5 +431,41 @@ mod tests {
         other.write_segment(9, 0, &mut f);
         assert_eq!(set.flow_of(&f), None);
         assert_eq!(set.flow_of(&f[..20]), None);
+    }
+
+    #[test]
+    fn put_primary_frames_the_reference_segment() {
+        for (proto, vnet) in [(Proto::Tcp, false), (Proto::Tcp, true), (Proto::Udp, true)] {
+            let set = FlowSet::build(proto, 5, 200, vnet);
+            for (flow, k) in [(0usize, 0u32), (3, 7), (4, u32::MAX)] {
+                let mut buf = BytesMut::new();
+                set.put_primary(flow, k, &mut buf);
+                let mut want = vec![0; set.stride];
+                set.write_segment(flow, k, &mut want);
+                assert_eq!(decode(&buf, vnet), vec![want]);
+                assert_eq!(buf.len(), set.wire_len());
+            }
+        }
+    }
+
+    #[test]
+    fn is_segment_rejects_any_changed_byte_and_other_lengths() {
+        for (proto, vnet) in [(Proto::Tcp, false), (Proto::Udp, true)] {
+            let set = FlowSet::build(proto, 3, 120, vnet);
+            let mut f = vec![0; set.stride];
+            set.write_segment(2, 41, &mut f);
+            assert!(set.is_segment(2, 41, &f));
+            assert!(!set.is_segment(2, 40, &f));
+            assert!(!set.is_segment(1, 41, &f));
+            for i in 0..f.len() {
+                f[i] ^= 0x10;
+                assert!(!set.is_segment(2, 41, &f), "{proto:?}: byte {i} changed");
+                f[i] ^= 0x10;
+            }
+            assert!(!set.is_segment(2, 41, &f[..f.len() - 1]));
+            let mut longer = f.clone();
+            longer.push(0);
+            assert!(!set.is_segment(2, 41, &longer));
+        }
     }
 }

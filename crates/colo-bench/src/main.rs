@@ -20,6 +20,7 @@
 mod closed_loop;
 mod endpoint;
 mod frames;
+mod outdev;
 mod procstat;
 mod report;
 mod scale;

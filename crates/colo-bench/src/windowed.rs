@@ -4,16 +4,16 @@
 //! budget or a deadline) with a barrier between them, which the scale mode uses.
 
 use std::collections::VecDeque;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use colo_core::codec::{DecoderConfig, FrameDecoder};
 
 use crate::endpoint::Stream;
 use crate::frames::FlowSet;
+use crate::outdev::OutdevReader;
 use crate::report::Report;
 
 /// Frames encoded per write.
@@ -136,10 +136,13 @@ impl Sender<'_> {
             pbuf.clear();
             sbuf.clear();
             batch.clear();
+            let same = self.set.secondary_is_primary(self.split);
             for _ in 0..n {
                 let k = self.next_k[next];
                 self.next_k[next] = k.wrapping_add(1);
-                self.set.put_secondary(next, k, self.split, &mut sbuf);
+                if !same {
+                    self.set.put_secondary(next, k, self.split, &mut sbuf);
+                }
                 self.set.put_primary(next, k, &mut pbuf);
                 batch.push((next, k));
                 next += 1;
@@ -147,7 +150,8 @@ impl Sender<'_> {
                     next = phase.flows.start;
                 }
             }
-            self.sec.write_all(&sbuf)?;
+            // Without a split the secondary's bytes are the primary's: built once.
+            self.sec.write_all(if same { &pbuf } else { &sbuf })?;
             {
                 let now = Instant::now();
                 let mut st = self.shared.lock();
@@ -194,13 +198,8 @@ pub fn receive(
     shared: &Shared,
     start: Instant,
 ) -> Report {
-    let mut dec = FrameDecoder::new(DecoderConfig {
-        vnet_hdr: vnet,
-        ..DecoderConfig::default()
-    });
+    let mut rd = OutdevReader::new(vnet);
     let mut rep = Report::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut scratch = Vec::new();
     let _ = out.set_read_timeout(Some(Duration::from_millis(50)));
     let mut last_progress = Instant::now();
     loop {
@@ -223,7 +222,7 @@ pub fn receive(
             // Nothing in flight: time spent waiting for the sender is not a stall.
             last_progress = Instant::now();
         }
-        let n = match out.read(&mut buf) {
+        let n = match rd.fill(&mut out) {
             Ok(0) => {
                 rep.error("outdev closed by the proxy".to_owned());
                 break;
@@ -246,11 +245,10 @@ pub fn receive(
         last_progress = now;
         rep.elapsed = now.duration_since(start);
         rep.bytes += n as u64;
-        dec.push(&buf[..n]);
         let mut got = 0u64;
         let mut st = shared.lock();
         loop {
-            let frame = match dec.poll_frame() {
+            let frame = match rd.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -263,20 +261,20 @@ pub fn receive(
             };
             got += 1;
             rep.released += 1;
-            let Some(f) = set.flow_of(&frame.data) else {
+            let Some(f) = set.flow_of(frame) else {
                 rep.error(format!(
                     "released frame #{} belongs to no flow",
                     rep.released
                 ));
                 continue;
             };
-            let Some(k) = set.segment_of(f, &frame.data, &mut scratch) else {
+            let Some(k) = set.segment_of(f, frame) else {
                 rep.corrupt += 1;
                 rep.error(format!(
                     "flow {f}: released a frame that is none of its segments \
                      (field {:?}, {} bytes)",
-                    set.field_of(&frame.data),
-                    frame.data.len(),
+                    set.field_of(frame),
+                    frame.len(),
                 ));
                 continue;
             };

@@ -316,36 +316,64 @@ impl FrameDecoder {
 
     /// Parses and validates the prefixes at the front of the buffer.
     fn pending(&self) -> Result<Pending, FrameError> {
-        let prefix = self.config.prefix_len();
-        let Some(len) = read_be32(&self.buf, 0) else {
+        pending(&self.config, &self.buf)
+    }
+}
+
+/// Parses and validates the prefixes at the front of `buf`.
+fn pending(config: &DecoderConfig, buf: &[u8]) -> Result<Pending, FrameError> {
+    let prefix = config.prefix_len();
+    let Some(len) = read_be32(buf, 0) else {
+        return Ok(Pending::Prefix { need: prefix });
+    };
+    if len == 0 {
+        return Err(FrameError::ZeroLength);
+    }
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    if len_usize > config.max_frame_len {
+        return Err(FrameError::TooLong {
+            len: len_usize,
+            max: config.max_frame_len,
+        });
+    }
+    let vnet_hdr_len = if config.vnet_hdr {
+        let Some(vnet_hdr_len) = read_be32(buf, LEN_PREFIX) else {
             return Ok(Pending::Prefix { need: prefix });
         };
-        if len == 0 {
-            return Err(FrameError::ZeroLength);
+        if vnet_hdr_len > MAX_VNET_HDR_LEN || vnet_hdr_len > len {
+            return Err(FrameError::BadVnetHeaderLen { vnet_hdr_len, len });
         }
-        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
-        if len_usize > self.config.max_frame_len {
-            return Err(FrameError::TooLong {
-                len: len_usize,
-                max: self.config.max_frame_len,
-            });
-        }
-        let vnet_hdr_len = if self.config.vnet_hdr {
-            let Some(vnet_hdr_len) = read_be32(&self.buf, LEN_PREFIX) else {
-                return Ok(Pending::Prefix { need: prefix });
-            };
-            if vnet_hdr_len > MAX_VNET_HDR_LEN || vnet_hdr_len > len {
-                return Err(FrameError::BadVnetHeaderLen { vnet_hdr_len, len });
-            }
-            vnet_hdr_len
-        } else {
-            0
-        };
-        Ok(Pending::Frame {
+        vnet_hdr_len
+    } else {
+        0
+    };
+    Ok(Pending::Frame {
+        prefix,
+        total: prefix + len_usize,
+        vnet_hdr_len,
+    })
+}
+
+/// Where the next whole frame lies in `bytes`, which start at a frame boundary of
+/// QEMU's framing: the frame's data range and its vnet header length, or `Ok(None)`
+/// if `bytes` do not hold all of it yet. Nothing is consumed; the next frame starts
+/// at the returned range's end. The same checks as [`FrameDecoder::poll_frame`], for
+/// callers that parse frames in place in a buffer of their own.
+///
+/// # Errors
+///
+/// As [`FrameDecoder::poll_frame`]: the stream cannot be decoded any further.
+pub fn next_frame_in(
+    config: &DecoderConfig,
+    bytes: &[u8],
+) -> Result<Option<(core::ops::Range<usize>, u32)>, FrameError> {
+    match pending(config, bytes)? {
+        Pending::Frame {
             prefix,
-            total: prefix + len_usize,
+            total,
             vnet_hdr_len,
-        })
+        } if bytes.len() >= total => Ok(Some((prefix..total, vnet_hdr_len))),
+        _ => Ok(None),
     }
 }
 
@@ -445,6 +473,47 @@ mod tests {
         dec.reset();
         dec.read_buffer(10, 10).extend_from_slice(&[0, 0, 0, 1, 9]);
         assert_eq!(drain(&mut dec).unwrap()[0].data[..], [9]);
+    }
+
+    #[test]
+    fn next_frame_in_walks_frames_in_place_with_the_decoders_checks() {
+        for vnet in [false, true] {
+            let mut wire = BytesMut::new();
+            for i in 1..=5u8 {
+                let f = Frame::ethernet(vec![i; usize::from(i) * 30]);
+                encode_frame(&f, vnet, &mut wire);
+            }
+            let mut at = 0;
+            let mut seen = Vec::new();
+            while let Some((range, _)) = next_frame_in(&cfg(vnet), &wire[at..]).unwrap() {
+                seen.push(wire[at + range.start..at + range.end].to_vec());
+                at += range.end;
+            }
+            assert_eq!(at, wire.len());
+            assert_eq!(seen, drain_all(&wire, vnet));
+            // A partial frame is not reported; a bad prefix is an error.
+            assert_eq!(
+                next_frame_in(&cfg(vnet), &wire[..wire.len() - 1 - 4 * 30])
+                    .unwrap()
+                    .map(|(r, _)| r.end),
+                Some(if vnet { 38 } else { 34 })
+            );
+            assert_eq!(next_frame_in(&cfg(vnet), &wire[..3]).unwrap(), None);
+            assert_eq!(
+                next_frame_in(&cfg(vnet), &[0, 0, 0, 0, 0, 0, 0, 0]),
+                Err(FrameError::ZeroLength)
+            );
+        }
+    }
+
+    fn drain_all(wire: &[u8], vnet: bool) -> Vec<Vec<u8>> {
+        let mut dec = FrameDecoder::new(cfg(vnet));
+        dec.push(wire);
+        let mut out = Vec::new();
+        while let Some(f) = dec.poll_frame().unwrap() {
+            out.push(f.data.to_vec());
+        }
+        out
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use self::proto::{Decoder, HELLO_LEN, LinkRole, Message, Parts};
 use crate::shell::PeerChange;
 use crate::shell::endpoint::Source;
-use crate::shell::input::{BATCH_FRAMES, MIN_READ, READ_BUF};
+use crate::shell::input::{BATCH_FRAMES, READ_BUF, ReadSize};
 use crate::shell::outq::{self, OutQueue};
 
 /// The endpoint role name of the link in events, logs and `stats`.
@@ -212,8 +212,9 @@ where
     E: From<LinkEvent>,
 {
     let mut dec = Decoder::new(config.max_message);
+    let mut size = ReadSize::default();
     loop {
-        let read = rd.read_buf(dec.read_buffer(MIN_READ, READ_BUF));
+        let read = rd.read_buf(dec.read_buffer(size.want(), READ_BUF));
         match tokio::time::timeout(config.heartbeat_timeout, read).await {
             Err(_) => {
                 return Some(format!(
@@ -222,7 +223,7 @@ where
                 ));
             }
             Ok(Ok(0)) => return Some("closed by peer".to_owned()),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => size.update(n),
             Ok(Err(e)) => return Some(e.to_string()),
         }
         // Every message of this read goes to the driver as one event.

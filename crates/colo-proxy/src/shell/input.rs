@@ -27,10 +27,35 @@ pub const BATCH_FRAMES: usize = 1024;
 /// Bytes asked for per read at most (read straight into the decoder's buffer, no
 /// copy): the size of each new buffer chunk.
 pub const READ_BUF: usize = 256 * 1024;
-/// A read goes into the current chunk while at least this much of it is free; only
-/// then is a new [`READ_BUF`] chunk allocated. Small reads (one frame at a time) thus
-/// share a chunk instead of each allocating (and page-faulting) a fresh 256 KiB.
+/// The least room a read is given in the current chunk before a new [`READ_BUF`]
+/// chunk is allocated (see [`ReadSize`]).
 pub const MIN_READ: usize = 16 * 1024;
+
+/// How much room the next read wants: twice the last read, between [`MIN_READ`] and
+/// [`READ_BUF`]. Small reads (one frame at a time, as in request/response traffic)
+/// then share a chunk instead of each allocating (and page-faulting) a fresh 256 KiB,
+/// while bulk reads keep getting a whole chunk, so they are not cut short.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        Self(READ_BUF)
+    }
+}
+
+impl ReadSize {
+    /// Room to ask the decoder's buffer for before the next read.
+    #[must_use]
+    pub const fn want(self) -> usize {
+        self.0
+    }
+
+    /// A read returned `n` bytes.
+    pub fn update(&mut self, n: usize) {
+        self.0 = n.saturating_mul(2).clamp(MIN_READ, READ_BUF);
+    }
+}
 
 /// Read frames from `source`, connection after connection, and send them to the
 /// driver as `wrap(batch)`, a batch per read (in order). Runs until the driver is
@@ -72,15 +97,16 @@ where
     W: Fn(Vec<Frame>) -> E,
 {
     let mut dec = FrameDecoder::new(config);
+    let mut size = ReadSize::default();
     loop {
-        match io.read_buf(dec.read_buffer(MIN_READ, READ_BUF)).await {
+        match io.read_buf(dec.read_buffer(size.want(), READ_BUF)).await {
             Ok(0) => {
                 return Some(match dec.finish() {
                     Ok(()) => "closed by peer".to_owned(),
                     Err(e) => format!("closed by peer: {e}"),
                 });
             }
-            Ok(_) => {}
+            Ok(n) => size.update(n),
             Err(e) => return Some(e.to_string()),
         }
         let mut batch = Vec::new();
@@ -106,5 +132,22 @@ where
             tracing::warn!(role, error = %e, "framing error; dropping this connection");
             return Some(format!("framing error: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_follows_the_last_read_within_bounds() {
+        let mut size = ReadSize::default();
+        assert_eq!(size.want(), READ_BUF);
+        size.update(130);
+        assert_eq!(size.want(), MIN_READ);
+        size.update(40_000);
+        assert_eq!(size.want(), 80_000);
+        size.update(READ_BUF);
+        assert_eq!(size.want(), READ_BUF);
     }
 }
