@@ -16,7 +16,8 @@
 # --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
 # --against: compare with another colo-proxy build instead of QEMU (before/after
 # figures of an optimisation); its column is still labelled QEMU/Q. The environment
-# variable PROXY picks the colo-proxy binary under test (default the release build).
+# variable PROXY picks the colo-proxy binary under test (default the release build),
+# PROXY_ARGS adds flags to it (e.g. PROXY_ARGS=--busy-poll).
 set -euo pipefail
 ROUNDS=5
 SECS=3
@@ -58,17 +59,10 @@ run_one() { # impl proto size flows mode round
     if [ "$impl" = qemu ] && [ -n "$AGAINST" ]; then
         start_compare "$AGAINST" "$OUT/$tag.log"
     elif [ "$impl" = qemu ]; then
-        rm -f "$DIR"/*.sock
-        qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
-            -object iothread,id=iot0 \
-            -chardev socket,id=pri,path="$DIR/pri.sock",server=on,wait=off \
-            -chardev socket,id=sec,path="$DIR/sec.sock",server=on,wait=off \
-            -chardev socket,id=out,path="$DIR/out.sock",server=on,wait=off \
-            -object colo-compare,id=cc0,primary_in=pri,secondary_in=sec,outdev=out,iothread=iot0 \
-            2>"$OUT/$tag.log" &
-        PID=$!
+        start_qemu_compare "$OUT/$tag.log"
     else
-        start_compare "$PROXY" "$OUT/$tag.log"
+        # shellcheck disable=SC2086 # PROXY_ARGS is a list of flags
+        start_compare "$PROXY" "$OUT/$tag.log" ${PROXY_ARGS:-}
     fi
     local pace=(--window "$WINDOW")
     [ "$mode" = closed ] && pace=(--mode closed-loop)
