@@ -245,46 +245,84 @@ impl OutQueue {
     }
 }
 
+/// Entries at most this long are copied into one staging buffer and written as one
+/// slice with their neighbours: for small frames, a vectored write's per-slice cost
+/// in the kernel is larger than copying them (two slices per frame otherwise).
+pub const COALESCE_MAX: usize = 512;
+
+/// One slice of a batch on the wire.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// A run of small entries copied back to back into the staging buffer.
+    Staged(std::ops::Range<usize>),
+    /// The prefix of entry `i` of the batch.
+    Head(usize),
+    /// The body of entry `i` of the batch (not copied).
+    Body(usize),
+}
+
 /// Writes `batch` whole with vectored writes, popping each frame from `queue` as soon
-/// as it has been written completely.
+/// as it has been written completely. Small entries are copied into `stage` (reused
+/// from batch to batch) and go out as one slice per run; larger ones go out as their
+/// prefix and their own bytes.
 async fn write_batch<W: AsyncWrite + Unpin>(
     wr: &mut W,
     queue: &OutQueue,
     batch: &[Wire],
+    stage: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    // Position: frame `i`, `off` bytes into it (prefix then body).
-    let (mut i, mut off) = (0usize, 0usize);
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len());
-    while i < batch.len() {
+    stage.clear();
+    let mut pieces = Vec::with_capacity(2 * batch.len());
+    // Where each entry ends on the wire, counted from the batch's first byte.
+    let mut ends = Vec::with_capacity(batch.len());
+    let mut total = 0;
+    for (i, w) in batch.iter().enumerate() {
+        if w.len() <= COALESCE_MAX {
+            let start = stage.len();
+            stage.extend_from_slice(w.head());
+            stage.extend_from_slice(&w.body);
+            match pieces.last_mut() {
+                Some(Piece::Staged(run)) if run.end == start => run.end = stage.len(),
+                _ => pieces.push(Piece::Staged(start..stage.len())),
+            }
+        } else {
+            if w.head_len > 0 {
+                pieces.push(Piece::Head(i));
+            }
+            pieces.push(Piece::Body(i));
+        }
+        total += w.len();
+        ends.push(total);
+    }
+    let stage = &stage[..];
+    let bytes_of = |p: &Piece| -> &[u8] {
+        match p {
+            Piece::Staged(run) => &stage[run.clone()],
+            Piece::Head(i) => batch[*i].head(),
+            Piece::Body(i) => &batch[*i].body,
+        }
+    };
+    let (mut written, mut popped) = (0usize, 0usize);
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len());
+    while written < total {
         slices.clear();
-        for (j, w) in batch[i..].iter().enumerate() {
-            let skip = if j == 0 { off } else { 0 };
-            let head = w.head();
-            if skip < head.len() {
-                slices.push(IoSlice::new(&head[skip..]));
-                slices.push(IoSlice::new(&w.body));
-            } else {
-                slices.push(IoSlice::new(&w.body[skip - head.len()..]));
+        let mut at = 0;
+        for p in &pieces {
+            let b = bytes_of(p);
+            let (start, end) = (at, at + b.len());
+            at = end;
+            if end > written {
+                slices.push(IoSlice::new(&b[written.saturating_sub(start)..]));
             }
         }
-        let mut n = wr.write_vectored(&slices).await?;
+        let n = wr.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let mut done = 0;
-        while i < batch.len() && n > 0 {
-            let rest = batch[i].len() - off;
-            if n >= rest {
-                n -= rest;
-                i += 1;
-                off = 0;
-                done += 1;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
+        written += n;
+        let done = ends[popped..].iter().take_while(|&&e| e <= written).count();
         queue.pop_written(done);
+        popped += done;
     }
     Ok(())
 }
@@ -328,10 +366,10 @@ async fn ignore_input<R: AsyncRead + Unpin>(rd: &mut R, role: &'static str) -> S
 /// Write queued entries to `wr` as they come (in vectored batches), each whole
 /// before it leaves the queue, until a write fails; returns why.
 pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -> String {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    let (mut batch, mut stage) = (Vec::with_capacity(WRITE_BATCH_FRAMES), Vec::new());
     loop {
         queue.next_batch(&mut batch).await;
-        if let Err(e) = write_batch(wr, queue, &batch).await {
+        if let Err(e) = write_batch(wr, queue, &batch, &mut stage).await {
             return e.to_string();
         }
     }
@@ -346,7 +384,7 @@ pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
     interval: std::time::Duration,
     keepalive: &[u8],
 ) -> String {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    let (mut batch, mut stage) = (Vec::with_capacity(WRITE_BATCH_FRAMES), Vec::new());
     // The first keepalive goes out at once, then one per interval (a late one
     // restarts the interval, as tokio's `MissedTickBehavior::Delay` would).
     let mut due = tokio::time::Instant::now();
@@ -369,7 +407,7 @@ pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        if let Err(e) = write_batch(wr, queue, &batch).await {
+        if let Err(e) = write_batch(wr, queue, &batch, &mut stage).await {
             return e.to_string();
         }
     }
@@ -492,10 +530,30 @@ mod tests {
         assert_eq!(s.dropped_bytes, 2);
     }
 
-    /// Accepts at most `chunk` bytes per write call (vectored or not).
+    /// Accepts at most `chunk` bytes per write call (vectored or not), and `budget`
+    /// bytes in all; after that, writes fail (a peer that went away).
     struct Trickle {
         got: Vec<u8>,
         chunk: usize,
+        budget: usize,
+    }
+
+    impl Trickle {
+        fn new(chunk: usize) -> Self {
+            Self {
+                got: Vec::new(),
+                chunk,
+                budget: usize::MAX,
+            }
+        }
+
+        /// This call's limit, or the error once the budget is spent.
+        fn take(&self) -> std::io::Result<usize> {
+            if self.budget == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(self.chunk.min(self.budget))
+        }
     }
 
     impl tokio::io::AsyncWrite for Trickle {
@@ -504,8 +562,13 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.chunk);
+            let limit = match self.take() {
+                Ok(l) => l,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            };
+            let n = buf.len().min(limit);
             self.got.extend_from_slice(&buf[..n]);
+            self.budget -= n;
             std::task::Poll::Ready(Ok(n))
         }
 
@@ -514,15 +577,20 @@ mod tests {
             _: &mut std::task::Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> std::task::Poll<std::io::Result<usize>> {
+            let limit = match self.take() {
+                Ok(l) => l,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            };
             let mut n = 0;
             for b in bufs {
-                let take = b.len().min(self.chunk - n);
+                let take = b.len().min(limit - n);
                 self.got.extend_from_slice(&b[..take]);
                 n += take;
-                if n == self.chunk {
+                if n == limit {
                     break;
                 }
             }
+            self.budget -= n;
             std::task::Poll::Ready(Ok(n))
         }
 
@@ -554,8 +622,14 @@ mod tests {
             for chunk in [1, 3, 7, 64, 100_000] {
                 let q = OutQueue::new(1 << 20);
                 let mut want = bytes::BytesMut::new();
+                // Small entries (staged) and large ones (their own slices), mixed.
                 for i in 0..20u8 {
-                    let data: Vec<u8> = (0..(i as usize * 13 + 1)).map(|j| j as u8 ^ i).collect();
+                    let len = if i % 3 == 0 {
+                        600 + i as usize * 97
+                    } else {
+                        i as usize * 13 + 1
+                    };
+                    let data: Vec<u8> = (0..len).map(|j| j as u8 ^ i).collect();
                     let f = Frame {
                         vnet_hdr_len: if vnet { 10 } else { 0 },
                         data: data.into(),
@@ -565,22 +639,50 @@ mod tests {
                 }
                 assert!(q.push(Bytes::from_static(b"raw")));
                 want.extend_from_slice(b"raw");
-                let mut w = Trickle {
-                    got: Vec::new(),
-                    chunk,
-                };
-                let mut batch = Vec::new();
+                let mut w = Trickle::new(chunk);
+                let (mut batch, mut stage) = (Vec::new(), Vec::new());
                 // Two batches: 16 frames, then the rest.
                 while !q.is_empty() {
                     batch.clear();
                     q.front_batch(16, usize::MAX, &mut batch);
-                    rt.block_on(write_batch(&mut w, &q, &batch)).unwrap();
+                    rt.block_on(write_batch(&mut w, &q, &batch, &mut stage))
+                        .unwrap();
                 }
                 assert_eq!(w.got, &want[..], "vnet {vnet} chunk {chunk}");
                 let s = q.stats();
                 assert_eq!((s.written_frames, s.queued_bytes), (21, 0));
                 assert_eq!(s.written_bytes, want.len() as u64);
             }
+        }
+    }
+
+    #[test]
+    fn a_write_cut_inside_an_entry_keeps_that_entry_queued_whole() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Entries of 104, 1004, 104, 1004, 104 bytes on the wire (4-byte prefix each).
+        let sizes = [100usize, 1000, 100, 1000, 100];
+        for (cut, whole) in [(50, 0), (104, 1), (600, 1), (1108, 2), (1200, 2), (2300, 4)] {
+            let q = OutQueue::new(1 << 20);
+            for (i, n) in sizes.iter().enumerate() {
+                assert!(q.push_frame(&Frame::ethernet(vec![i as u8; *n]), false));
+            }
+            let mut w = Trickle::new(333);
+            w.budget = cut;
+            let (mut batch, mut stage) = (Vec::new(), Vec::new());
+            q.front_batch(16, usize::MAX, &mut batch);
+            assert!(
+                rt.block_on(write_batch(&mut w, &q, &batch, &mut stage))
+                    .is_err()
+            );
+            let s = q.stats();
+            assert_eq!(s.written_frames, whole, "cut at {cut}");
+            assert_eq!(s.queued_frames, 5 - whole, "cut at {cut}");
+            // What is still queued starts with the first entry not written whole.
+            batch.clear();
+            q.front_batch(16, usize::MAX, &mut batch);
+            assert_eq!(batch[0].body[0], whole as u8);
         }
     }
 
