@@ -6,11 +6,12 @@
 # Prints p50/p99/p99.9 medians and each one's latency added over the forwarder.
 #
 #   scripts/bench-latency.sh [--rounds N] [--seconds S] [--sizes 130,1514]
-#                            [--bench-busy-poll] [--out DIR]
+#                            [--bench-busy-poll] [--pin] [--out DIR]
 #
 # --bench-busy-poll: colo-bench spins on outdev instead of sleeping in read (takes
 # its own wake-up out of the loop; with --busy-poll on the proxy too, the two spin
-# on the two cores and no wake-up is left).
+# on the two cores and no wake-up is left). --pin: the proxy on the last CPU,
+# colo-bench on the others.
 set -euo pipefail
 ROUNDS=5
 SECS=3
@@ -23,8 +24,9 @@ while [ $# -gt 0 ]; do
         --seconds) SECS=$2; shift ;;
         --sizes) SIZES=$2; shift ;;
         --bench-busy-poll) BENCH_ARGS=(--busy-poll) ;;
+        --pin) PIN=1 ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -50,14 +52,14 @@ run_one() { # impl size round
         colo-proxy) start_compare "$PROXY" "$OUT/$tag.log" ;;
         colo-proxy-busy-poll) start_compare "$PROXY" "$OUT/$tag.log" --busy-poll ;;
     esac
-    "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
+    "${PIN_BENCH[@]}" "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
         --outdev "$DIR/out.sock" --frame-size "$size" --flows 1 --mode closed-loop \
         "${BENCH_ARGS[@]}" --seconds "$SECS" --drain-timeout 3 --json \
         >"$OUT/$tag.json" 2>>"$OUT/$tag.log" || true
     stop_proxy
 }
 
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d" " -f1-3 /proc/loadavg), pinned ${PIN:-0}" >&2
 echo "$ROUNDS rounds x sizes $SIZES x ${#IMPLS[@]} implementations, $SECS s each; JSON in $OUT" >&2
 IFS=, read -r -a sizes <<<"$SIZES"
 for round in $(seq 1 "$ROUNDS"); do

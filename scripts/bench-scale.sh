@@ -3,7 +3,9 @@
 # default), a trickle over all rows at each step; prints the proxy's CPU time per frame
 # and RSS per row (from /proc), each step's median over the rounds.
 #
-#   scripts/bench-scale.sh [ROUNDS] [STEPS] [FRAMES_PER_STEP] [PROXY_BINARY]
+#   [PIN=1] scripts/bench-scale.sh [ROUNDS] [STEPS] [FRAMES_PER_STEP] [PROXY_BINARY]
+#
+# PIN=1: the proxy on the last CPU, colo-bench on the others (taskset).
 #
 # Each round starts a fresh proxy. colo-bench: 130-byte TCP frames, window 256;
 # every step first sends one segment on each new row, then FRAMES_PER_STEP frames
@@ -20,7 +22,7 @@ BENCH=target/release/colo-bench
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); JSON in $OUT" >&2
 for round in $(seq 1 "$ROUNDS"); do
     start_compare "$PROXY" "$OUT/proxy-$round.log"
-    "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
+    "${PIN_BENCH[@]}" "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
         --outdev "$DIR/out.sock" --frame-size 130 --scale "$STEPS" --scale-frames "$FRAMES" \
         --proxy-pid "$PID" --drain-timeout 30 --json >"$OUT/scale-$round.json" || true
     stop_proxy

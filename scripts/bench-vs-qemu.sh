@@ -6,6 +6,7 @@
 #
 #   scripts/bench-vs-qemu.sh [--quick] [--rounds N] [--seconds S] [--window W] [--out DIR]
 #                            [--loads PROTO:SIZE:FLOWS:MODE,...] [--against COLO_PROXY_BINARY]
+#                            [--pin]
 #
 # Rows: 1514- and 130-byte frames x 1, 16 and 1024 flows x TCP and UDP, windowed
 # (--window frames in flight), then closed loop (one frame in flight, 1 flow, TCP,
@@ -14,6 +15,7 @@
 # loses frames under load) still counts for speed, and its errors are shown.
 # --quick: 1 round of 1 s each, for a smoke run (about a minute).
 # --loads: only these rows, e.g. tcp:1514:16:windowed,tcp:130:1:closed.
+# --pin: the proxy (either implementation) on the last CPU, colo-bench on the others.
 # --against: compare with another colo-proxy build instead of QEMU (before/after
 # figures of an optimisation); its column is still labelled QEMU/Q. The environment
 # variable PROXY picks the colo-proxy binary under test (default the release build),
@@ -34,7 +36,8 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --loads) LOADS=$2; shift ;;
         --against) AGAINST=$2; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --pin) PIN=1 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -66,7 +69,7 @@ run_one() { # impl proto size flows mode round
     fi
     local pace=(--window "$WINDOW")
     [ "$mode" = closed ] && pace=(--mode closed-loop)
-    "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
+    "${PIN_BENCH[@]}" "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \
         --outdev "$DIR/out.sock" --proto "$proto" --frame-size "$size" --flows "$flows" \
         "${pace[@]}" --seconds "$SECS" --drain-timeout 3 --proxy-pid "$PID" --json \
         >"$OUT/$tag.json" 2>>"$OUT/$tag.log" || true
@@ -88,7 +91,7 @@ if [ -n "$LOADS" ]; then
     for w in "${wanted[@]}"; do CONFIGS+=("${w//:/ }"); done
 fi
 
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d" " -f1-3 /proc/loadavg), pinned ${PIN:-0}" >&2
 echo "$ROUNDS rounds x ${#CONFIGS[@]} loads x 2 implementations, $SECS s each; JSON in $OUT" >&2
 for round in $(seq 1 "$ROUNDS"); do
     for cfg in "${CONFIGS[@]}"; do

@@ -2,6 +2,15 @@
 # root: results go to $OUT (default a temp dir), sockets to the scratch dir $DIR, and
 # the implementation under test runs in the background as $PID, killed on exit.
 OUT=${OUT:-$(mktemp -d)}
+# With PIN=1 the implementation under test runs on the last CPU and colo-bench on the
+# others (taskset), so neither is migrated onto the other's core mid-run.
+PIN_PROXY=()
+PIN_BENCH=()
+if [ "${PIN:-0}" = 1 ]; then
+    last=$(($(nproc) - 1))
+    PIN_PROXY=(taskset -c "$last")
+    PIN_BENCH=(taskset -c "0-$((last > 0 ? last - 1 : 0))")
+fi
 mkdir -p "$OUT"
 DIR=$(mktemp -d)
 PID=
@@ -18,7 +27,7 @@ start_compare() {
     local bin=$1 log=$2
     shift 2
     rm -f "$DIR"/*.sock
-    "$bin" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
+    "${PIN_PROXY[@]}" "$bin" --log-level warn compare --primary-in "unix:$DIR/pri.sock" \
         --secondary-in "unix:$DIR/sec.sock" --outdev "unix:$DIR/out.sock" "$@" 2>"$log" &
     PID=$!
 }
@@ -27,7 +36,7 @@ start_compare() {
 # listening socket chardevs) on the same three sockets, stderr to LOG; sets PID.
 start_qemu_compare() {
     rm -f "$DIR"/*.sock
-    qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
+    "${PIN_PROXY[@]}" qemu-system-x86_64 -M none -nodefaults -display none -monitor none -serial none \
         -object iothread,id=iot0 \
         -chardev socket,id=pri,path="$DIR/pri.sock",server=on,wait=off \
         -chardev socket,id=sec,path="$DIR/sec.sock",server=on,wait=off \
@@ -41,7 +50,7 @@ start_qemu_compare() {
 # primary_in copied to outdev, secondary_in discarded) on the same sockets; sets PID.
 start_forwarder() {
     rm -f "$DIR"/*.sock
-    target/release/examples/forward "$DIR" 2>"$1" &
+    "${PIN_PROXY[@]}" target/release/examples/forward "$DIR" 2>"$1" &
     PID=$!
 }
 
