@@ -36,7 +36,7 @@
 //! so a corrupt or hostile prefix can never make it allocate more than
 //! [`DecoderConfig::max_frame_len`] + 8 bytes for one frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut, Bytes, BytesMut};
 
 use crate::frame::Frame;
 
@@ -263,8 +263,10 @@ impl FrameDecoder {
                     self.buf.reserve(total - self.buf.len());
                     return Ok(None);
                 }
-                let mut frame = self.buf.split_to(total);
-                let data = frame.split_off(prefix).freeze();
+                // Skip the prefixes, then split the frame's bytes off: one new
+                // reference to the buffer per frame, not two.
+                self.buf.advance(prefix);
+                let data = self.buf.split_to(total - prefix).freeze();
                 Ok(Some(Frame { vnet_hdr_len, data }))
             }
         }

@@ -74,9 +74,9 @@ impl Wire {
 
     /// The entry as one piece: packet outputs queue bare frames, so this is the
     /// frame's own `Bytes`, not a copy; an entry with a prefix is copied once.
-    fn into_packet(self) -> Bytes {
+    fn to_packet(&self) -> Bytes {
         if self.head_len == 0 {
-            self.body
+            self.body.clone()
         } else {
             let mut b = bytes::BytesMut::with_capacity(self.len());
             b.extend_from_slice(self.head());
@@ -89,6 +89,9 @@ impl Wire {
 #[derive(Debug)]
 struct Inner {
     frames: VecDeque<Wire>,
+    /// Entries the writer has taken off `frames` and not yet written ([`Taken`]);
+    /// still counted as queued, in `bytes` and in the gauges.
+    taken: usize,
     bytes: usize,
     cap: usize,
     stats: OutStats,
@@ -107,6 +110,7 @@ impl OutQueue {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 frames: VecDeque::new(),
+                taken: 0,
                 bytes: 0,
                 cap,
                 stats: OutStats::default(),
@@ -184,64 +188,118 @@ impl OutQueue {
     pub fn stats(&self) -> OutStats {
         let q = self.lock();
         let mut s = q.stats;
-        s.queued_frames = q.frames.len() as u64;
+        s.queued_frames = (q.frames.len() + q.taken) as u64;
         s.queued_bytes = q.bytes as u64;
         s
     }
 
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.lock().frames.is_empty()
+        let q = self.lock();
+        q.frames.is_empty() && q.taken == 0
     }
 
-    /// Clones of the first queued frames (at most `max_frames`, and `max_bytes`
-    /// unless the first alone is larger), appended to `out`.
-    fn front_batch(&self, max_frames: usize, max_bytes: usize, out: &mut Vec<Wire>) {
-        let q = self.lock();
+    /// Move the first queued entries (at most `max_frames`, and `max_bytes` unless
+    /// the first alone is larger) into `into` (emptied first), for the one writer
+    /// of this queue. They count as queued until written; what is not written goes
+    /// back to the front of the queue when the returned [`Taken`] is dropped.
+    fn take<'a>(
+        &'a self,
+        max_frames: usize,
+        max_bytes: usize,
+        into: &'a mut Vec<Wire>,
+    ) -> Taken<'a> {
+        into.clear();
+        let mut q = self.lock();
         let mut bytes = 0;
-        for w in q.frames.iter().take(max_frames) {
-            if !out.is_empty() && bytes + w.len() > max_bytes {
+        while into.len() < max_frames {
+            let Some(w) = q.frames.front() else { break };
+            if !into.is_empty() && bytes + w.len() > max_bytes {
                 break;
             }
             bytes += w.len();
-            out.push(w.clone());
+            if let Some(w) = q.frames.pop_front() {
+                into.push(w);
+            }
+        }
+        q.taken += into.len();
+        drop(q);
+        Taken {
+            queue: self,
+            entries: into,
+            done: 0,
         }
     }
 
-    /// Replace `batch` with clones of the first queued entries (a write's worth:
-    /// [`WRITE_BATCH_FRAMES`], [`WRITE_BATCH_BYTES`]), waiting while the queue is
-    /// empty. They stay queued until popped.
-    async fn next_batch(&self, batch: &mut Vec<Wire>) {
+    /// [`take`](Self::take) a write's worth ([`WRITE_BATCH_FRAMES`],
+    /// [`WRITE_BATCH_BYTES`]), waiting while the queue is empty.
+    async fn next_batch<'a>(&'a self, into: &'a mut Vec<Wire>) -> Taken<'a> {
         loop {
-            batch.clear();
-            self.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, batch);
-            if !batch.is_empty() {
-                return;
+            if !self.lock().frames.is_empty() {
+                return self.take(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, into);
             }
             // Only an empty queue waits; a push into it stores a wake-up.
             self.notify.notified().await;
         }
     }
+}
 
-    /// Drop the front entry after a failed send (counted as dropped).
-    fn pop_failed(&self) {
-        let mut q = self.lock();
-        if let Some(w) = q.frames.pop_front() {
-            q.bytes -= w.len();
-            q.stats.dropped_frames += 1;
-            q.stats.dropped_bytes += w.len() as u64;
-        }
+/// Entries the writer took off an [`OutQueue`]: `entries[..done]` have been dealt
+/// with (written, or dropped after a failed send, and counted); the rest go back to
+/// the front of the queue, in order, when this is dropped: after a failed write, or
+/// when the writing task is cancelled by a disconnect. So a frame leaves the queue
+/// only once written whole, without the writer cloning what it writes.
+struct Taken<'a> {
+    queue: &'a OutQueue,
+    entries: &'a mut Vec<Wire>,
+    done: usize,
+}
+
+impl Taken<'_> {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
-    /// The first `n` entries were written whole: take them off the queue.
-    pub fn pop_written(&self, n: usize) {
-        let mut q = self.lock();
-        for _ in 0..n {
-            let Some(w) = q.frames.pop_front() else { break };
-            q.bytes -= w.len();
-            q.stats.written_frames += 1;
-            q.stats.written_bytes += w.len() as u64;
+    /// The next `n` entries were written whole.
+    fn written(&mut self, n: usize) {
+        let end = (self.done + n).min(self.entries.len());
+        let bytes: usize = self.entries[self.done..end].iter().map(Wire::len).sum();
+        let n = end - self.done;
+        let mut q = self.queue.lock();
+        q.taken -= n;
+        q.bytes -= bytes;
+        q.stats.written_frames += n as u64;
+        q.stats.written_bytes += bytes as u64;
+        drop(q);
+        self.done = end;
+    }
+
+    /// The next entry could not be sent: dropped and counted.
+    fn failed(&mut self) {
+        let Some(w) = self.entries.get(self.done) else {
+            return;
+        };
+        let mut q = self.queue.lock();
+        q.taken -= 1;
+        q.bytes -= w.len();
+        q.stats.dropped_frames += 1;
+        q.stats.dropped_bytes += w.len() as u64;
+        drop(q);
+        self.done += 1;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let rest = self.entries.len() - self.done;
+        if rest > 0 {
+            let mut q = self.queue.lock();
+            q.taken -= rest;
+            for w in self.entries.drain(self.done..).rev() {
+                q.frames.push_front(w);
+            }
         }
+        self.entries.clear();
     }
 }
 
@@ -261,22 +319,22 @@ enum Piece {
     Body(usize),
 }
 
-/// Writes `batch` whole with vectored writes, popping each frame from `queue` as soon
-/// as it has been written completely. Small entries are copied into `stage` (reused
-/// from batch to batch) and go out as one slice per run; larger ones go out as their
-/// prefix and their own bytes.
+/// Writes the entries of `taken` whole with vectored writes, marking each written as
+/// soon as its last byte is out (what is not written whole goes back to the queue
+/// when `taken` is dropped). Small entries are copied into `stage` (reused from batch
+/// to batch) and go out as one slice per run; larger ones go out as their prefix and
+/// their own bytes.
 async fn write_batch<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    queue: &OutQueue,
-    batch: &[Wire],
+    taken: &mut Taken<'_>,
     stage: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     stage.clear();
-    let mut pieces = Vec::with_capacity(2 * batch.len());
+    let mut pieces = Vec::with_capacity(2 * taken.entries.len());
     // Where each entry ends on the wire, counted from the batch's first byte.
-    let mut ends = Vec::with_capacity(batch.len());
+    let mut ends = Vec::with_capacity(taken.entries.len());
     let mut total = 0;
-    for (i, w) in batch.iter().enumerate() {
+    for (i, w) in taken.entries.iter().enumerate() {
         if w.len() <= COALESCE_MAX {
             let start = stage.len();
             stage.extend_from_slice(w.head());
@@ -294,35 +352,35 @@ async fn write_batch<W: AsyncWrite + Unpin>(
         total += w.len();
         ends.push(total);
     }
-    let stage = &stage[..];
-    let bytes_of = |p: &Piece| -> &[u8] {
-        match p {
-            Piece::Staged(run) => &stage[run.clone()],
-            Piece::Head(i) => batch[*i].head(),
-            Piece::Body(i) => &batch[*i].body,
-        }
-    };
-    let (mut written, mut popped) = (0usize, 0usize);
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len());
+    let mut written = 0usize;
     while written < total {
-        slices.clear();
-        let mut at = 0;
-        for p in &pieces {
-            let b = bytes_of(p);
-            let (start, end) = (at, at + b.len());
-            at = end;
-            if end > written {
-                slices.push(IoSlice::new(&b[written.saturating_sub(start)..]));
+        let n = {
+            let batch: &[Wire] = taken.entries;
+            let mut slices = Vec::with_capacity(pieces.len());
+            let mut at = 0;
+            for p in &pieces {
+                let b: &[u8] = match p {
+                    Piece::Staged(run) => &stage[run.clone()],
+                    Piece::Head(i) => batch[*i].head(),
+                    Piece::Body(i) => &batch[*i].body,
+                };
+                let (start, end) = (at, at + b.len());
+                at = end;
+                if end > written {
+                    slices.push(IoSlice::new(&b[written.saturating_sub(start)..]));
+                }
             }
-        }
-        let n = wr.write_vectored(&slices).await?;
+            wr.write_vectored(&slices).await?
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         written += n;
-        let done = ends[popped..].iter().take_while(|&&e| e <= written).count();
-        queue.pop_written(done);
-        popped += done;
+        let whole = ends[taken.done..]
+            .iter()
+            .take_while(|&&e| e <= written)
+            .count();
+        taken.written(whole);
     }
     Ok(())
 }
@@ -368,8 +426,8 @@ async fn ignore_input<R: AsyncRead + Unpin>(rd: &mut R, role: &'static str) -> S
 pub async fn write_queued<W: AsyncWrite + Unpin>(wr: &mut W, queue: &OutQueue) -> String {
     let (mut batch, mut stage) = (Vec::with_capacity(WRITE_BATCH_FRAMES), Vec::new());
     loop {
-        queue.next_batch(&mut batch).await;
-        if let Err(e) = write_batch(wr, queue, &batch, &mut stage).await {
+        let mut taken = queue.next_batch(&mut batch).await;
+        if let Err(e) = write_batch(wr, &mut taken, &mut stage).await {
             return e.to_string();
         }
     }
@@ -396,9 +454,9 @@ pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
             }
             due = now + interval;
         }
-        batch.clear();
-        queue.front_batch(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
-        if batch.is_empty() {
+        let mut taken = queue.take(WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES, &mut batch);
+        if taken.is_empty() {
+            drop(taken);
             // Only an empty queue waits; a push into it stores a wake-up.
             tokio::select! {
                 biased;
@@ -407,7 +465,7 @@ pub async fn write_queued_keepalive<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        if let Err(e) = write_batch(wr, queue, &batch, &mut stage).await {
+        if let Err(e) = write_batch(wr, &mut taken, &mut stage).await {
             return e.to_string();
         }
     }
@@ -424,20 +482,16 @@ where
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     loop {
         // Everything queued (up to a batch) per wake-up, one lock to take it.
-        queue.next_batch(&mut batch).await;
-        let mut sent = 0;
-        for w in batch.drain(..) {
-            match send(w.into_packet()).await {
-                Ok(()) => sent += 1,
+        let mut taken = queue.next_batch(&mut batch).await;
+        while let Some(w) = taken.entries.get(taken.done) {
+            match send(w.to_packet()).await {
+                Ok(()) => taken.written(1),
                 Err(e) => {
                     tracing::debug!(role, error = %e, "send failed; frame dropped");
-                    queue.pop_written(sent);
-                    sent = 0;
-                    queue.pop_failed();
+                    taken.failed();
                 }
             }
         }
-        queue.pop_written(sent);
     }
 }
 
@@ -518,7 +572,7 @@ mod tests {
             "one frame always fits"
         );
         assert!(!q.push(Bytes::from_static(&[0; 1])));
-        q.pop_written(1);
+        q.take(1, usize::MAX, &mut Vec::new()).written(1);
         assert!(q.push(Bytes::from_static(&[0; 6])));
         assert!(q.push(Bytes::from_static(&[0; 4])));
         assert!(!q.push(Bytes::from_static(&[0; 1])));
@@ -643,9 +697,8 @@ mod tests {
                 let (mut batch, mut stage) = (Vec::new(), Vec::new());
                 // Two batches: 16 frames, then the rest.
                 while !q.is_empty() {
-                    batch.clear();
-                    q.front_batch(16, usize::MAX, &mut batch);
-                    rt.block_on(write_batch(&mut w, &q, &batch, &mut stage))
+                    let mut taken = q.take(16, usize::MAX, &mut batch);
+                    rt.block_on(write_batch(&mut w, &mut taken, &mut stage))
                         .unwrap();
                 }
                 assert_eq!(w.got, &want[..], "vnet {vnet} chunk {chunk}");
@@ -671,18 +724,19 @@ mod tests {
             let mut w = Trickle::new(333);
             w.budget = cut;
             let (mut batch, mut stage) = (Vec::new(), Vec::new());
-            q.front_batch(16, usize::MAX, &mut batch);
+            let mut taken = q.take(16, usize::MAX, &mut batch);
             assert!(
-                rt.block_on(write_batch(&mut w, &q, &batch, &mut stage))
+                rt.block_on(write_batch(&mut w, &mut taken, &mut stage))
                     .is_err()
             );
+            drop(taken);
             let s = q.stats();
             assert_eq!(s.written_frames, whole, "cut at {cut}");
             assert_eq!(s.queued_frames, 5 - whole, "cut at {cut}");
             // What is still queued starts with the first entry not written whole.
-            batch.clear();
-            q.front_batch(16, usize::MAX, &mut batch);
-            assert_eq!(batch[0].body[0], whole as u8);
+            let taken = q.take(16, usize::MAX, &mut batch);
+            let firsts: Vec<u8> = taken.entries.iter().map(|w| w.body[0]).collect();
+            assert_eq!(firsts, (whole as u8..5).collect::<Vec<_>>(), "cut at {cut}");
         }
     }
 
@@ -693,10 +747,33 @@ mod tests {
             assert!(q.push(Bytes::from_static(&[0; 100])));
         }
         let mut b = Vec::new();
-        q.front_batch(10, 250, &mut b);
-        assert_eq!(b.len(), 2);
-        b.clear();
-        q.front_batch(10, 50, &mut b);
-        assert_eq!(b.len(), 1);
+        assert_eq!(q.take(10, 250, &mut b).entries.len(), 2);
+        assert_eq!(q.take(10, 50, &mut b).entries.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_batch_goes_back_in_order_ahead_of_newer_entries() {
+        let q = OutQueue::new(1 << 20);
+        for i in 0..5u8 {
+            assert!(q.push(Bytes::from(vec![i; 10])));
+        }
+        let mut b = Vec::new();
+        let mut taken = q.take(3, usize::MAX, &mut b);
+        taken.written(1);
+        // Pushed while the writer holds its batch.
+        assert!(q.push(Bytes::from(vec![5; 10])));
+        assert_eq!(q.stats().queued_frames, 5);
+        // The writer is cancelled (a disconnect) before writing the rest.
+        drop(taken);
+        let s = q.stats();
+        assert_eq!(
+            (s.queued_frames, s.queued_bytes, s.written_frames),
+            (5, 50, 1)
+        );
+        let taken = q.take(16, usize::MAX, &mut b);
+        let order: Vec<u8> = taken.entries.iter().map(|w| w.body[0]).collect();
+        assert_eq!(order, [1, 2, 3, 4, 5]);
+        drop(taken);
+        assert!(!q.is_empty());
     }
 }
