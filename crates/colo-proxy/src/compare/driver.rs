@@ -353,11 +353,11 @@ impl Driver {
 
     /// Carry out everything the engine asked for.
     pub(crate) fn drain(&mut self) {
+        // Released frames go to the output queue together, under one lock.
+        let mut released = Vec::new();
         while let Some(out) = self.engine.poll_output() {
             match out {
-                Output::Release(frame) => {
-                    self.out.push(&frame);
-                }
+                Output::Release(frame) => released.push(frame),
                 Output::Divergence(d) => {
                     tracing::debug!(divergence = %d, "divergence");
                 }
@@ -403,5 +403,6 @@ impl Driver {
                 }
             }
         }
+        self.out.push_all(released);
     }
 }

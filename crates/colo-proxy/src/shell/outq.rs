@@ -123,8 +123,9 @@ impl OutQueue {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue bytes that are already encoded (a link message, a bare packet); `false`
-    /// if they did not fit and were dropped (counted).
+    /// Queue bytes that are already encoded; `false` if they did not fit and were
+    /// dropped (counted).
+    #[cfg(test)]
     pub fn push(&self, wire: Bytes) -> bool {
         self.push_wire(Wire {
             head: [0; HEAD_MAX],
@@ -153,35 +154,37 @@ impl OutQueue {
     /// `vnet_hdr`), without copying its bytes; `false` if it did not fit and was
     /// dropped (counted).
     pub fn push_frame(&self, frame: &Frame, vnet_hdr: bool) -> bool {
-        // The decoder's max_frame_len bounds every frame far below 4 GiB.
-        let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
-        let mut head = [0u8; HEAD_MAX];
-        head[..4].copy_from_slice(&len.to_be_bytes());
-        head[4..8].copy_from_slice(&frame.vnet_hdr_len.to_be_bytes());
-        self.push_wire(Wire {
-            head,
-            head_len: if vnet_hdr { 8 } else { 4 },
-            body: frame.data.clone(),
-        })
+        self.push_wire(stream_wire(frame.clone(), vnet_hdr))
     }
 
     fn push_wire(&self, wire: Wire) -> bool {
+        self.push_wires(std::iter::once(wire)) == 0
+    }
+
+    /// Queue `wires` in order under one lock; returns how many did not fit and were
+    /// dropped (counted).
+    fn push_wires(&self, wires: impl IntoIterator<Item = Wire>) -> usize {
         let mut q = self.lock();
-        let len = wire.len();
-        if q.bytes > 0 && q.bytes + len > q.cap {
-            q.stats.dropped_frames += 1;
-            q.stats.dropped_bytes += len as u64;
-            return false;
-        }
         let was_empty = q.frames.is_empty();
-        q.bytes += len;
-        q.frames.push_back(wire);
+        let mut dropped = 0;
+        for wire in wires {
+            let len = wire.len();
+            if q.bytes > 0 && q.bytes + len > q.cap {
+                q.stats.dropped_frames += 1;
+                q.stats.dropped_bytes += len as u64;
+                dropped += 1;
+                continue;
+            }
+            q.bytes += len;
+            q.frames.push_back(wire);
+        }
+        let wake = was_empty && !q.frames.is_empty();
         drop(q);
-        if was_empty {
+        if wake {
             // The writer only waits when the queue is empty.
             self.notify.notify_one();
         }
-        true
+        dropped
     }
 
     /// Counters, with the gauges brought up to date.
@@ -495,6 +498,21 @@ where
     }
 }
 
+/// `frame` in QEMU's socket framing: the be32 length (and the be32 `vnet_hdr_len`
+/// when `vnet_hdr`) as the entry's prefix, the frame's own bytes as its body.
+fn stream_wire(frame: Frame, vnet_hdr: bool) -> Wire {
+    // The decoder's max_frame_len bounds every frame far below 4 GiB.
+    let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
+    let mut head = [0u8; HEAD_MAX];
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4..8].copy_from_slice(&frame.vnet_hdr_len.to_be_bytes());
+    Wire {
+        head,
+        head_len: if vnet_hdr { 8 } else { 4 },
+        body: frame.data,
+    }
+}
+
 /// How frames are put on an output: QEMU's stream framing, or one packet each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -522,25 +540,57 @@ impl FrameOut {
     /// Queue `frame` in this output's framing, without copying its bytes; `false` if
     /// it did not fit and was dropped (counted, logged at every power of two).
     pub fn push(&self, frame: &Frame) -> bool {
-        let ok = match self.framing {
-            Framing::Stream { vnet_hdr } => self.queue.push_frame(frame, vnet_hdr),
-            Framing::Packet => self.queue.push(
-                frame
-                    .data
-                    .slice(frame.data.len().min(frame.vnet_hdr_len as usize)..),
-            ),
-        };
-        if !ok {
-            let dropped = self.queue.stats().dropped_frames;
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    role = self.role,
-                    dropped,
-                    "output buffer full: dropping frames"
-                );
+        let dropped = self
+            .queue
+            .push_wires(std::iter::once(self.wire(frame.clone())));
+        self.note_dropped(dropped);
+        dropped == 0
+    }
+
+    /// Queue `frames` in order, as [`push`](Self::push) would one by one, under one
+    /// lock.
+    pub fn push_all(&self, frames: Vec<Frame>) {
+        if frames.is_empty() {
+            return;
+        }
+        let dropped = self
+            .queue
+            .push_wires(frames.into_iter().map(|f| self.wire(f)));
+        self.note_dropped(dropped);
+    }
+
+    /// `frame` as a queue entry in this output's framing.
+    fn wire(&self, frame: Frame) -> Wire {
+        match self.framing {
+            Framing::Stream { vnet_hdr } => stream_wire(frame, vnet_hdr),
+            Framing::Packet => {
+                let start = frame.data.len().min(frame.vnet_hdr_len as usize);
+                let mut body = frame.data;
+                let _ = body.split_to(start);
+                Wire {
+                    head: [0; HEAD_MAX],
+                    head_len: 0,
+                    body,
+                }
             }
         }
-        ok
+    }
+
+    /// Log drops (at every power of two of the total), after a push dropped `now`.
+    fn note_dropped(&self, now: usize) {
+        if now == 0 {
+            return;
+        }
+        let total = self.queue.stats().dropped_frames;
+        let before = total - now as u64;
+        // The total passed a power of two with this push.
+        if (before + 1).next_power_of_two() <= total {
+            tracing::warn!(
+                role = self.role,
+                dropped = total,
+                "output buffer full: dropping frames"
+            );
+        }
     }
 
     /// The counters as JSON.
@@ -749,6 +799,36 @@ mod tests {
         let mut b = Vec::new();
         assert_eq!(q.take(10, 250, &mut b).entries.len(), 2);
         assert_eq!(q.take(10, 50, &mut b).entries.len(), 1);
+    }
+
+    #[test]
+    fn push_all_queues_in_order_and_counts_what_does_not_fit() {
+        for framing in [Framing::Stream { vnet_hdr: true }, Framing::Packet] {
+            let out = FrameOut {
+                queue: OutQueue::new(100),
+                framing,
+                role: "outdev",
+            };
+            let frames: Vec<Frame> = (0..5u8)
+                .map(|i| Frame {
+                    vnet_hdr_len: 2,
+                    data: vec![i; 30].into(),
+                })
+                .collect();
+            out.push_all(frames);
+            let s = out.queue.stats();
+            // Stream entries are 38 bytes (two fit in 100), packets 28 (three fit).
+            let fit = if framing == Framing::Packet { 3 } else { 2 };
+            assert_eq!((s.queued_frames, s.dropped_frames), (fit, 5 - fit));
+            let mut b = Vec::new();
+            let taken = out.queue.take(16, usize::MAX, &mut b);
+            let firsts: Vec<u8> = taken.entries.iter().map(|w| w.body[0]).collect();
+            assert_eq!(firsts, (0..fit as u8).collect::<Vec<_>>());
+            if framing == Framing::Packet {
+                // The vnet header is not part of a packet.
+                assert_eq!(taken.entries[0].len(), 28);
+            }
+        }
     }
 
     #[test]
