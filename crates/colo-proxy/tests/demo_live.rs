@@ -60,6 +60,7 @@ fn default_demo_runs_both_proxies_and_verifies_without_checkpoints() {
     assert!(sf > pf, "the secondary VM uses smaller segments: {s:#}");
     // ... and choose different ISNs, so the secondary proxy rewrites.
     assert_eq!(s["rewriter"]["connections"], 8, "{s:#}");
+    assert_eq!(s["rewriter"]["offsets_learned"], 8, "{s:#}");
     assert!(s["rewriter"]["rewritten"].as_u64() > Some(sf / 2), "{s:#}");
     assert_eq!(s["link"]["primary_up"], true, "{s:#}");
     assert_eq!(s["primary"]["mode"], "compare", "{s:#}");

@@ -293,6 +293,7 @@ impl Driver {
             "epoch": s.checkpoints,
             "failover": self.failed_over,
             "connections": self.rewriter.len(),
+            "offsets_learned": s.offsets_learned,
             "frames_in": {"client_via_link": pair(c.link_client), "svm": pair(c.svm_in),
                           "client_port": pair(c.client_in)},
             "ignored": {"client_port_before_failover": c.client_ignored,

@@ -82,6 +82,7 @@ impl Summary {
             },
             "rewriter": {
                 "connections": self.secondary["connections"],
+                "offsets_learned": self.secondary["offsets_learned"],
                 "rewritten": self.secondary["rewritten"],
                 "held": self.secondary["held"],
             },
@@ -180,9 +181,10 @@ impl fmt::Display for Summary {
         rows.push((
             "rewriter",
             format!(
-                "{} connections tracked, {} frames rewritten into the primary's sequence \
-                 space, {} held",
+                "{} connections tracked ({} with learned ISN/timestamp offsets), {} frames \
+                 rewritten into the primary's sequence space, {} held",
                 group(n(&sec["connections"])),
+                group(n(&sec["offsets_learned"])),
                 group(n(&sec["rewritten"])),
                 group(n(&sec["held"]["frames"]))
             ),
