@@ -781,3 +781,23 @@ fn pass_policy_on_tcp_port_and_rule_cap() {
     assert!(d.divergences.is_empty());
     assert_eq!(e.flow_policies().len(), 1);
 }
+
+/// A connection that diverged and then outlived its expiry while no checkpoint came
+/// must not make `handle_timeout` spin: its next wake-up lies in the future.
+#[test]
+fn diverged_connection_past_its_expiry_does_not_spin() {
+    let mut e = Engine::new(EngineConfig::default());
+    let (mut p, mut s) = pair(1);
+    e.handle_frame(ms(1), Side::Primary, p.data(b"aaaa"));
+    e.handle_frame(ms(1), Side::Secondary, s.data(b"bbbb"));
+    e.handle_frame(ms(2), Side::Primary, p.rst());
+    let d = drain(&mut e);
+    assert_eq!(d.divergences.len(), 1);
+    let later = ms(1) + EngineConfig::default().idle_timeout + Duration::from_secs(1);
+    e.handle_timeout(later);
+    assert!(
+        e.poll_timeout().is_none_or(|t| t > later),
+        "{:?}",
+        e.poll_timeout()
+    );
+}
