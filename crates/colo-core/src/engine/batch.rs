@@ -56,7 +56,6 @@ impl Engine {
         let s = side.index();
         loop {
             group.clear();
-            let mut index_words = 0u32;
             for frame in frames.by_ref().take(GROUP) {
                 let classified = classify(frame.ethernet_bytes());
                 let key = ConnKey {
@@ -64,8 +63,6 @@ impl Engine {
                     dir: classified.dir,
                 };
                 let hash = self.table.hash(&key);
-                // Start the index misses of every frame of the group.
-                index_words ^= self.table.touch_index(hash);
                 group.push(Pending {
                     frame,
                     classified,
@@ -77,17 +74,21 @@ impl Engine {
             if group.is_empty() {
                 break;
             }
-            black_box(index_words);
-            // The index is in cache now: find each slot (the key comparison starts the
-            // entry's miss) and touch the entry's other hot lines.
-            let mut entry_words = 0u64;
+            // Each pass below only loads, so the out-of-order core keeps the misses of
+            // the whole group in flight at once: first the index (control group and
+            // slot number), then the candidate entries' hot lines.
             for p in &mut group {
-                p.slot = self.table.lookup_hashed(p.hash, &p.key);
-                if let Some(slot) = p.slot {
-                    entry_words ^= self.table.touch_entry(slot, s);
-                }
+                p.slot = Some(self.table.touch_index(p.hash));
+            }
+            let mut entry_words = 0u64;
+            for p in &group {
+                entry_words ^= p.slot.map_or(0, |slot| self.table.touch_entry(slot, s));
             }
             black_box(entry_words);
+            // Everything is in cache now: the real lookup, comparing keys.
+            for p in &mut group {
+                p.slot = self.table.lookup_hashed(p.hash, &p.key);
+            }
             let version = self.table.version();
             for p in group.drain(..) {
                 // Handling a frame may insert (a new connection) or remove (an

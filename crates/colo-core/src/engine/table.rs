@@ -137,7 +137,9 @@ impl ConnTable {
     /// means nothing; the caller hands it to `black_box`.
     pub(crate) fn touch_entry(&self, slot: u32, side: usize) -> u64 {
         let Some(conn) = self.get(slot) else { return 0 };
-        let mut word = u64::from(conn.held.is_empty()) ^ conn.last_seen.as_micros();
+        let mut word = u64::from(conn.held.is_empty())
+            ^ conn.last_seen.as_micros()
+            ^ u64::from(conn.key.flow.lo.port);
         if let super::conn::Proto::Tcp(tcp) = &conn.proto
             && let (Some(stream), Some(state)) = (tcp.streams.get(side), tcp.sides.get(side))
         {
