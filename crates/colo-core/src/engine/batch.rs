@@ -45,8 +45,12 @@ impl Engine {
         frames: impl IntoIterator<Item = Frame>,
     ) {
         let mut frames = frames.into_iter();
-        if self.mode != Mode::Compare || !self.policies.is_empty() {
-            // Neither path looks connections up in bulk; nothing to overlap.
+        if self.mode != Mode::Compare
+            || !self.policies.is_empty()
+            || self.table.len() < self.config.batch_from_connections
+        {
+            // Pass-through and policies look connections up differently, and a small
+            // table has no misses to overlap.
             for frame in frames {
                 self.handle_frame(now, side, frame);
             }
@@ -213,11 +217,16 @@ mod tests {
 
         /// Batched and one-by-one feeding give the same outputs, in the same order, and
         /// the same counters, including while frames of a group create, evict and
-        /// close connections (a table of 4 for 8 TCP and 8 UDP flows).
+        /// close connections (a table of 4 for 8 TCP and 8 UDP flows), and when the
+        /// table grows past the size from which frames are grouped.
         #[test]
-        fn batched_equals_one_by_one(steps in proptest::collection::vec(step(), 1..40)) {
+        fn batched_equals_one_by_one(
+            steps in proptest::collection::vec(step(), 1..40),
+            batch_from_connections in 0..4usize,
+        ) {
             let config = EngineConfig {
                 max_connections: 4,
+                batch_from_connections,
                 compare_timeout: Duration::from_millis(500),
                 ..EngineConfig::default()
             };
@@ -255,7 +264,10 @@ mod tests {
     /// matched, nothing diverges.
     #[test]
     fn batch_of_many_connections_matches() {
-        let mut e = Engine::new(EngineConfig::default());
+        let mut e = Engine::new(EngineConfig {
+            batch_from_connections: 0,
+            ..EngineConfig::default()
+        });
         let mut senders: Vec<[TcpSender; 2]> = (0..100)
             .map(|n| {
                 let a = FlowAddrs::v4(n);
