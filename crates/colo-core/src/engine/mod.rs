@@ -3,7 +3,9 @@
 //! Feed it both VMs' output with [`Engine::handle_frame`]; drain [`Engine::poll_output`]
 //! for frames to release, divergences and checkpoint requests; call
 //! [`Engine::handle_timeout`] at [`Engine::poll_timeout`]; call
-//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed. A shell that has
+//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed. Frames that
+//! arrived together (one read) go in with [`Engine::handle_frames`], which overlaps their
+//! cache misses on a large connection table (module `batch`). A shell that has
 //! classified a frame already passes it with [`Engine::handle_classified`]; the offline
 //! replay of two independent captures completes checkpoints with
 //! [`Engine::handle_checkpoint_resync`] (module `replay_mode`).
