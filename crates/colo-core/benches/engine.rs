@@ -251,6 +251,8 @@ impl ManyConns {
             pool.push((p, s));
         }
         pool.reverse();
+        // Pairs not fed yet go first (the pool is popped from the end).
+        pool.append(&mut self.pool);
         self.pool = pool;
     }
 
@@ -277,6 +279,58 @@ impl ManyConns {
         total
     }
 }
+
+impl ManyConns {
+    /// Like [`ManyConns::run`], but the way the compare daemon gets frames: [`BATCH`]
+    /// primary frames in one `handle_frames` call, then their [`BATCH`] secondary
+    /// copies in another, then the outputs drained. Still timed per pair.
+    fn run_batched(&mut self, iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        let mut primaries = Vec::with_capacity(BATCH);
+        let mut secondaries = Vec::with_capacity(BATCH);
+        while left > 0 {
+            if self.pool.len() < BATCH {
+                self.refill();
+            }
+            let k = left.min(self.pool.len() as u64);
+            let start = WallInstant::now();
+            let mut released = 0;
+            let mut fed = 0;
+            while fed < k {
+                for (p, s) in self
+                    .pool
+                    .drain(
+                        self.pool
+                            .len()
+                            .saturating_sub(BATCH.min((k - fed) as usize))..,
+                    )
+                    .rev()
+                {
+                    primaries.push(p);
+                    secondaries.push(s);
+                }
+                fed += primaries.len() as u64;
+                self.engine
+                    .handle_frames(NOW, Side::Primary, primaries.drain(..));
+                self.engine
+                    .handle_frames(NOW, Side::Secondary, secondaries.drain(..));
+                while let Some(out) = self.engine.poll_output() {
+                    released += u64::from(matches!(out, Output::Release(_)));
+                    drop(black_box(out));
+                }
+            }
+            total += start.elapsed();
+            self.released += released;
+            self.fed += fed;
+            left -= fed.min(left);
+        }
+        total
+    }
+}
+
+/// Pairs per batch in [`ManyConns::run_batched`]: what one read of a busy socket holds.
+const BATCH: usize = 64;
 
 /// The sender of connection `conn` after `sent` segments of [`SMALL`] bytes.
 fn sender(conn: usize, sent: u32) -> TcpSender {
@@ -308,6 +362,10 @@ fn per_frame_cost(c: &mut Criterion, full: bool, mut big: Option<ManyConns>) {
         group.bench_function(BenchmarkId::from_parameter(format!("{conns}_conns")), |b| {
             b.iter_custom(|iters| state.run(iters));
         });
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("batched_{conns}_conns")),
+            |b| b.iter_custom(|iters| state.run_batched(iters)),
+        );
     }
     group.finish();
 }

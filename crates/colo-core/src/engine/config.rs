@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub flow_rules: Vec<super::FlowRule>,
     /// Most flow rules in force at once.
     pub max_flow_rules: usize,
+    /// From how many tracked connections on [`super::Engine::handle_frames`] groups
+    /// frames to overlap their cache misses. Below it the table stays in the caches
+    /// and frames are handled one by one; the outcome is the same either way.
+    pub batch_from_connections: usize,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +83,7 @@ impl Default for EngineConfig {
             seq_alignment: SeqAlignment::Shared,
             flow_rules: Vec::new(),
             max_flow_rules: 1024,
+            batch_from_connections: 65_536,
         }
     }
 }

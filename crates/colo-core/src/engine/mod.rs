@@ -3,7 +3,9 @@
 //! Feed it both VMs' output with [`Engine::handle_frame`]; drain [`Engine::poll_output`]
 //! for frames to release, divergences and checkpoint requests; call
 //! [`Engine::handle_timeout`] at [`Engine::poll_timeout`]; call
-//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed. A shell that has
+//! [`Engine::handle_checkpoint_done`] when a checkpoint has completed. Frames that
+//! arrived together (one read) go in with [`Engine::handle_frames`], which overlaps their
+//! cache misses on a large connection table (module `batch`). A shell that has
 //! classified a frame already passes it with [`Engine::handle_classified`]; the offline
 //! replay of two independent captures completes checkpoints with
 //! [`Engine::handle_checkpoint_resync`] (module `replay_mode`).
@@ -20,6 +22,7 @@
 //! assert_eq!(engine.poll_output(), Some(Output::Release(frame)));
 //! ```
 
+mod batch;
 mod checkpoint;
 mod config;
 mod conn;
@@ -82,6 +85,8 @@ pub struct Engine {
     overflow: VecDeque<HeldFrame>,
     total_limit_reported: bool,
     policies: PolicyTable,
+    /// The batched path's group buffer, kept to reuse its allocation.
+    batch: Vec<batch::Pending>,
 }
 
 impl Engine {
@@ -107,6 +112,7 @@ impl Engine {
             total_bytes: 0,
             overflow: VecDeque::new(),
             total_limit_reported: false,
+            batch: Vec::new(),
         }
     }
 
@@ -192,6 +198,20 @@ impl Engine {
 
     /// The frame with its own fresh classification (the live path checks nothing twice).
     fn handle_trusted(&mut self, now: Instant, side: Side, frame: Frame, classified: Classified) {
+        self.handle_probed(now, side, frame, classified, None);
+    }
+
+    /// [`Engine::handle_trusted`], where `probed`, if given, is what
+    /// `self.table.lookup` returns for the frame's key right now (the batched path
+    /// probed the index ahead and the table has not changed since).
+    fn handle_probed(
+        &mut self,
+        now: Instant,
+        side: Side,
+        frame: Frame,
+        classified: Classified,
+        probed: Option<Option<u32>>,
+    ) {
         self.advance(now);
         let s = side.index();
         self.stats.frames_in[s] += 1;
@@ -224,7 +244,11 @@ impl Engine {
             flow: classified.key,
             dir: classified.dir,
         };
-        let Some(slot) = self.find_or_create(key, side, &frame) else {
+        let found = match probed {
+            Some(found) => found,
+            None => self.table.lookup(&key),
+        };
+        let Some(slot) = found.or_else(|| self.create(key, side, &frame)) else {
             return;
         };
         let before = self.table.get(slot).map_or(0, Conn::bytes);
@@ -385,10 +409,9 @@ impl Engine {
         }
     }
 
-    fn find_or_create(&mut self, key: ConnKey, side: Side, frame: &Frame) -> Option<u32> {
-        if let Some(slot) = self.table.lookup(&key) {
-            return Some(slot);
-        }
+    /// A new connection for `key`, which the table does not hold; `None` if the table
+    /// is full and nothing can be evicted (the frame is then dealt with).
+    fn create(&mut self, key: ConnKey, side: Side, frame: &Frame) -> Option<u32> {
         if self.table.len() >= self.config.max_connections {
             if let Some(victim) = self.table.pop_evictable() {
                 self.table.remove(victim);
@@ -555,6 +578,12 @@ impl Engine {
             Some(since) => since + self.config.compare_timeout,
             None => conn.last_seen + self.expiry_timeout(conn),
         };
+        if conn.diverged && at <= self.now {
+            // Past its expiry, but it cannot go before the checkpoint it asked for
+            // (which reschedules every connection): arming now would make
+            // `handle_timeout` pop it again at once, forever.
+            return;
+        }
         self.table.arm(slot, at);
     }
 

@@ -88,6 +88,9 @@ pub(crate) struct ConnTable {
     timers: BinaryHeap<Reverse<(Instant, ConnRef)>>,
     /// Connections that became quiescent, oldest first: eviction candidates.
     quiescent: VecDeque<ConnRef>,
+    /// Bumped by every insert and remove: a slot found before an unchanged version is
+    /// still the answer to the same lookup (the batched path relies on it).
+    version: u64,
 }
 
 fn hash_key(hasher: &DefaultHashBuilder, key: &ConnKey) -> u64 {
@@ -104,9 +107,52 @@ impl ConnTable {
     }
 
     pub(crate) fn lookup(&self, key: &ConnKey) -> Option<u32> {
+        self.lookup_hashed(self.hash(key), key)
+    }
+
+    /// The hash [`ConnTable::lookup_hashed`] wants for `key`.
+    pub(crate) fn hash(&self, key: &ConnKey) -> u64 {
+        hash_key(&self.hasher, key)
+    }
+
+    /// Insertions and removals so far (see the field).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Read the index's control group and first matching slot number for `hash`
+    /// without comparing keys: a batch does this for all its frames first, so their
+    /// cache misses on the index overlap. Returns the candidate slot (or `u32::MAX`).
+    pub(crate) fn touch_index(&self, hash: u64) -> u32 {
+        self.index
+            .iter_hash(hash)
+            .next()
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Read a word from each cache line of `slot`'s entry that handling a frame of
+    /// `side` will touch first (the key, the held queue's head, the side's stream and
+    /// sequence state), so a batch's misses on different entries overlap. The value
+    /// means nothing; the caller hands it to `black_box`.
+    pub(crate) fn touch_entry(&self, slot: u32, side: usize) -> u64 {
+        let Some(conn) = self.get(slot) else { return 0 };
+        let mut word = u64::from(conn.held.is_empty())
+            ^ conn.last_seen.as_micros()
+            ^ u64::from(conn.key.flow.lo.port);
+        if let super::conn::Proto::Tcp(tcp) = &conn.proto
+            && let (Some(stream), Some(state)) = (tcp.streams.get(side), tcp.sides.get(side))
+        {
+            word ^= stream.front() ^ u64::from(state.base.is_some());
+        }
+        word
+    }
+
+    /// [`ConnTable::lookup`] with the key's hash already computed.
+    pub(crate) fn lookup_hashed(&self, hash: u64, key: &ConnKey) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(hash_key(&self.hasher, key), |&s| {
+            .find(hash, |&s| {
                 slots[s as usize]
                     .conn
                     .as_ref()
@@ -141,6 +187,7 @@ impl ConnTable {
     }
 
     pub(crate) fn insert(&mut self, key: ConnKey, conn: Conn) -> u32 {
+        self.version += 1;
         let slot = if let Some(slot) = self.free.pop() {
             self.slots[slot as usize].conn = Some(conn);
             slot
@@ -171,6 +218,7 @@ impl ConnTable {
         let entry = self.slots.get_mut(slot as usize)?;
         let conn = entry.conn.take()?;
         entry.generation = entry.generation.wrapping_add(1);
+        self.version += 1;
         if let Ok(found) = self
             .index
             .find_entry(hash_key(&self.hasher, &conn.key), |&s| s == slot)

@@ -781,3 +781,84 @@ fn pass_policy_on_tcp_port_and_rule_cap() {
     assert!(d.divergences.is_empty());
     assert_eq!(e.flow_policies().len(), 1);
 }
+
+/// A connection that diverged and then outlived its expiry while no checkpoint came
+/// must not make `handle_timeout` spin: its next wake-up lies in the future.
+#[test]
+fn diverged_connection_past_its_expiry_does_not_spin() {
+    let mut e = Engine::new(EngineConfig::default());
+    let (mut p, mut s) = pair(1);
+    e.handle_frame(ms(1), Side::Primary, p.data(b"aaaa"));
+    e.handle_frame(ms(1), Side::Secondary, s.data(b"bbbb"));
+    e.handle_frame(ms(2), Side::Primary, p.rst());
+    let d = drain(&mut e);
+    assert_eq!(d.divergences.len(), 1);
+    let later = ms(1) + EngineConfig::default().idle_timeout + Duration::from_secs(1);
+    e.handle_timeout(later);
+    assert!(
+        e.poll_timeout().is_none_or(|t| t > later),
+        "{:?}",
+        e.poll_timeout()
+    );
+}
+
+/// A connection whose timer is re-armed on every one of thousands of frames still wakes
+/// the engine a bounded number of times and expires exactly once, at its idle expiry.
+/// (Guards the timer structure: stale deadlines must not expire or keep anything alive.)
+#[test]
+fn timers_rearmed_many_times_expire_once_at_the_end() {
+    let cfg = EngineConfig::default();
+    let mut e = Engine::new(cfg.clone());
+    let (mut p, mut s) = pair(1);
+    for i in 0..5000u64 {
+        e.handle_frame(ms(i), Side::Primary, p.data(b"x"));
+        e.handle_frame(ms(i), Side::Secondary, s.data(b"x"));
+    }
+    assert_eq!(drain(&mut e).released.len(), 5000);
+    let expiry = ms(4999) + cfg.idle_timeout;
+    let mut wakes = 0;
+    while let Some(at) = e.poll_timeout() {
+        wakes += 1;
+        assert!(wakes <= 10_000, "timer wakes do not end");
+        e.handle_timeout(at);
+        if e.stats().connections_active == 0 {
+            assert_eq!(at, expiry);
+            break;
+        }
+        assert!(at < expiry, "woken at {at:?}, after the expiry {expiry:?}");
+    }
+    let stats = e.stats();
+    assert_eq!(stats.connections_expired, 1);
+    assert_eq!(stats.checkpoints_total(), 0);
+    assert!(drain(&mut e).divergences.is_empty());
+    assert_eq!(e.poll_timeout(), None);
+}
+
+/// A deadline far beyond any wheel span or heap horizon (ten days) is kept exactly.
+#[test]
+fn far_future_deadline_fires_exactly_then() {
+    let cfg = EngineConfig {
+        idle_timeout: Duration::from_secs(10 * 24 * 3600),
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg.clone());
+    let (mut p, mut s) = pair(1);
+    e.handle_frame(ms(5), Side::Primary, p.data(b"hello"));
+    e.handle_frame(ms(5), Side::Secondary, s.data(b"hello"));
+    let expiry = ms(5) + cfg.idle_timeout;
+    // The compare deadline armed by the held frame may wake it first; then only the expiry.
+    while let Some(at) = e.poll_timeout() {
+        if at == expiry {
+            break;
+        }
+        assert!(at < expiry);
+        e.handle_timeout(at);
+        assert_eq!(e.stats().connections_active, 1);
+    }
+    assert_eq!(e.poll_timeout(), Some(expiry));
+    e.handle_timeout(Instant::from_micros(expiry.as_micros() - 1));
+    assert_eq!(e.stats().connections_active, 1);
+    e.handle_timeout(expiry);
+    assert_eq!(e.stats().connections_active, 0);
+    assert_eq!(e.poll_timeout(), None);
+}

@@ -115,9 +115,7 @@ impl Driver {
             Event::Frames(side, frames) => {
                 // One clock read per batch: the frames arrived in one read.
                 let now = self.now();
-                for frame in frames {
-                    self.engine.handle_frame(now, side, frame);
-                }
+                self.engine.handle_frames(now, side, frames);
             }
             Event::Peer(PeerChange { role, up }) => {
                 let name = self.peers.set(role, up);
