@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Closed-loop latency (one frame in flight), side by side in one run: the do-nothing
 # forwarder (the floor any proxy on these sockets pays: two socket hops and the
-# wake-ups), QEMU's colo-compare, `colo-proxy compare`, and `colo-proxy compare
-# --busy-poll`; alternating implementation by implementation, several rounds.
+# wake-ups), QEMU's colo-compare, `colo-proxy compare` (default: polls 32 µs after
+# each burst), with `--poll-us 0` (sleeps at once) and with `--busy-poll`;
+# alternating implementation by implementation, several rounds.
 # Prints p50/p99/p99.9 medians and each one's latency added over the forwarder.
 #
 #   scripts/bench-latency.sh [--rounds N] [--seconds S] [--sizes 130,1514]
@@ -41,7 +42,7 @@ cargo build --release -q -p colo-bench --example forward
 PROXY=${PROXY:-target/release/colo-proxy}
 BENCH=target/release/colo-bench
 . scripts/lib/bench-proxy.sh
-IMPLS=(forwarder qemu colo-proxy colo-proxy-busy-poll)
+IMPLS=(forwarder qemu colo-proxy colo-proxy-no-poll colo-proxy-busy-poll)
 
 run_one() { # impl size round
     local impl=$1 size=$2 round=$3
@@ -50,6 +51,7 @@ run_one() { # impl size round
         forwarder) start_forwarder "$OUT/$tag.log" ;;
         qemu) start_qemu_compare "$OUT/$tag.log" ;;
         colo-proxy) start_compare "$PROXY" "$OUT/$tag.log" ;;
+        colo-proxy-no-poll) start_compare "$PROXY" "$OUT/$tag.log" --poll-us 0 ;;
         colo-proxy-busy-poll) start_compare "$PROXY" "$OUT/$tag.log" --busy-poll ;;
     esac
     "${PIN_BENCH[@]}" "$BENCH" --connect --primary-in "$DIR/pri.sock" --secondary-in "$DIR/sec.sock" \

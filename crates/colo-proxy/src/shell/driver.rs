@@ -65,6 +65,7 @@ pub async fn run<R: Role>(
             () = sleep, if deadline.is_some() => role.on_timeout(clock.now()),
             ev = inputs.recv() => {
                 let Some(ev) = ev else { break };
+                super::poll::note_activity();
                 role.on_event(ev);
                 // Take what else is ready before draining outputs.
                 for _ in 0..64 {

@@ -8,7 +8,9 @@
 //! - [`control`]: the control socket (`docs/control-protocol.md`);
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`);
 //! - [`engine_view`]: a compare engine's metrics and flow-policy commands;
-//! - [`driver`]: the select loop every role's driver runs ([`driver::Role`]).
+//! - [`driver`]: the select loop every role's driver runs ([`driver::Role`]);
+//! - [`poll`]: polling the sockets for a while after each burst of work
+//!   (`--poll-us`, `--busy-poll`).
 //!
 //! The I/O tasks only frame bytes; each role's driver task owns its sans-IO state
 //! machine and receives everything over one channel of its own event type, which
@@ -21,6 +23,7 @@ pub mod engine_view;
 pub mod input;
 pub mod metrics;
 pub mod outq;
+pub mod poll;
 
 /// A peer of an endpoint connected (`up`) or went away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,20 +108,36 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
 }
 
 /// How a daemon role's runtime waits for work; flattened into every daemon role.
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct RuntimeArgs {
-    /// Poll the sockets in a loop instead of sleeping until one is ready: a frame is
-    /// picked up without a wake-up, which takes several microseconds off the added
-    /// latency, at the price of one core kept 100% busy even when idle. For hosts
-    /// with a core to spare for the proxy (docs/performance.md, "busy-poll").
+    /// After each burst of work, keep polling the sockets for this many microseconds
+    /// before sleeping: a frame that arrives within it is picked up without a
+    /// wake-up (several microseconds on a VM), at the price of that much spinning per
+    /// burst. 0 sleeps at once. QEMU's iothreads poll the same way (`poll-max-ns`,
+    /// 32 µs by default).
+    #[arg(long, value_name = "US", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub poll_us: u64,
+
+    /// Poll the sockets all the time, never sleeping: one core is kept 100% busy even
+    /// when idle. For hosts with a core to spare for the proxy
+    /// (docs/performance.md, "busy-poll").
     #[arg(long)]
     pub busy_poll: bool,
 }
 
+impl Default for RuntimeArgs {
+    fn default() -> Self {
+        Self {
+            poll_us: 32,
+            busy_poll: false,
+        }
+    }
+}
+
 /// Run a role to completion on a single-threaded tokio runtime (the engine and the
-/// rewriter are owned by one task, so more threads would only add hand-offs). With
-/// `--busy-poll`, a task that only yields keeps the runtime from ever sleeping: at
-/// each turn the runtime asks the kernel for ready sockets without waiting.
+/// rewriter are owned by one task, so more threads would only add hand-offs), with
+/// the socket polling of `runtime` ([`poll`]).
 pub(crate) fn block_on(
     runtime: RuntimeArgs,
     role: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -129,17 +148,10 @@ pub(crate) fn block_on(
         .build()
         .context("cannot start the tokio runtime")?;
     rt.block_on(async {
-        let spinner = runtime.busy_poll.then(|| {
-            tracing::info!("busy-poll: polling the sockets without sleeping (one core busy)");
-            tokio::spawn(async {
-                loop {
-                    tokio::task::yield_now().await;
-                }
-            })
-        });
+        let poller = poll::start(runtime);
         let result = role.await;
-        if let Some(spinner) = spinner {
-            spinner.abort();
+        if let Some(poller) = poller {
+            poller.abort();
         }
         result
     })?;
