@@ -204,9 +204,15 @@ fn v4_mapped(a: &[u8]) -> [u8; 16] {
     m
 }
 
-/// The hand-written parser for untagged or single-tagged IPv4/IPv6 TCP. Returns `None`
-/// for anything it is not sure about, and the caller falls back to etherparse; when it
-/// returns `Some`, the result is the one [`classify_etherparse`] gives.
+/// The hand-written parser for untagged or single-tagged IPv4/IPv6 TCP and UDP.
+/// Returns `None` for anything it is not sure about, and the caller falls back to
+/// etherparse; when it returns `Some`, the result is the one [`classify_etherparse`]
+/// gives.
+/// IP protocol numbers the fast path takes.
+const IP_TCP: u8 = 6;
+/// See [`IP_TCP`].
+const IP_UDP: u8 = 17;
+
 fn classify_fast(eth: &[u8]) -> Option<Classified> {
     let mut vlan = [0u16; 2];
     let mut at = 14;
@@ -217,19 +223,19 @@ fn classify_fast(eth: &[u8]) -> Option<Classified> {
         at = 18;
     }
     let ip = eth.get(at..)?;
-    let (src, dst, tcp_offset, ip_end, ip_version) = match ethertype {
+    let (src, dst, tcp_offset, ip_end, ip_version, proto) = match ethertype {
         0x0800 => {
             let h = ip.get(..20)?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
             // Version 4, a sane header length, a total length that covers the header
-            // and fits the frame, not a fragment (MF clear, offset 0), TCP.
+            // and fits the frame, not a fragment (MF clear, offset 0), TCP or UDP.
             if h[0] >> 4 != 4
                 || ihl < 20
                 || total < ihl
                 || total > ip.len()
                 || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
-                || h[9] != 6
+                || !matches!(h[9], IP_TCP | IP_UDP)
             {
                 return None;
             }
@@ -239,24 +245,55 @@ fn classify_fast(eth: &[u8]) -> Option<Classified> {
                 at + ihl,
                 at + total,
                 4u8,
+                h[9],
             )
         }
         0x86dd => {
             let h = ip.get(..40)?;
             let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            // Version 6, next header TCP (no extension headers), a payload length that
-            // is set (0 means a jumbogram) and fits the frame.
-            if h[0] >> 4 != 6 || h[6] != 6 || payload_len == 0 || 40 + payload_len > ip.len() {
+            // Version 6, next header TCP or UDP (no extension headers), a payload
+            // length that is set (0 means a jumbogram) and fits the frame.
+            if h[0] >> 4 != 6
+                || !matches!(h[6], IP_TCP | IP_UDP)
+                || payload_len == 0
+                || 40 + payload_len > ip.len()
+            {
                 return None;
             }
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src.copy_from_slice(&h[8..24]);
             dst.copy_from_slice(&h[24..40]);
-            (src, dst, at + 40, at + 40 + payload_len, 6u8)
+            (src, dst, at + 40, at + 40 + payload_len, 6u8, h[6])
         }
         _ => return None,
     };
+    if proto == IP_UDP {
+        // The UDP length covers its 8-byte header and fits the IP payload; the body
+        // compared is what it covers (as etherparse slices it).
+        let uh = eth.get(tcp_offset..ip_end)?.get(..8)?;
+        let udp_len = usize::from(u16::from_be_bytes([uh[4], uh[5]]));
+        if udp_len < 8 || tcp_offset + udp_len > ip_end {
+            return None;
+        }
+        let (key, dir) = FlowKey::new(
+            vlan,
+            FlowProto::Udp,
+            Endpoint {
+                addr: src,
+                port: u16::from_be_bytes([uh[0], uh[1]]),
+            },
+            Endpoint {
+                addr: dst,
+                port: u16::from_be_bytes([uh[2], uh[3]]),
+            },
+        );
+        return Some(Classified {
+            key,
+            dir,
+            l4: L4::Datagram(DatagramMeta::new(&[], tcp_offset + 8..tcp_offset + udp_len)),
+        });
+    }
     let tcp = eth.get(tcp_offset..ip_end)?;
     let th = tcp.get(..20)?;
     let tcp_header_len = usize::from(th[12] >> 4) * 4;
@@ -675,13 +712,20 @@ mod tests {
             assert_eq!(fast, classify_etherparse(&f));
             assert_eq!(&f[fast.tcp().unwrap().payload.clone()], b"hi");
         }
-        // Fragments, double tags, UDP: left to etherparse.
+        for (vlan, v6) in [(0, false), (1, false), (0, true), (1, true)] {
+            let udp = shaped_frame(vlan, 9, v6, &[], (false, 0), &[], 0, b"dns", true);
+            let fast = classify_fast(&udp).expect("fast path for UDP");
+            assert_eq!(fast, classify_etherparse(&udp));
+            let L4::Datagram(d) = &fast.l4 else {
+                panic!("UDP is a datagram")
+            };
+            assert_eq!(&udp[d.body.clone()], b"dns");
+        }
+        // Fragments, double tags: left to etherparse.
         let frag = shaped_frame(0, 0, false, &[], (true, 0), &[], 0x10, b"x", false);
         assert!(classify_fast(&frag).is_none());
         let qinq = shaped_frame(2, 5, false, &[], (false, 0), &[], 0x10, b"x", false);
         assert!(classify_fast(&qinq).is_none());
-        let udp = shaped_frame(0, 0, false, &[], (false, 0), &[], 0, b"x", true);
-        assert!(classify_fast(&udp).is_none());
     }
 
     proptest::proptest! {
@@ -701,10 +745,10 @@ mod tests {
                 proptest::collection::vec(proptest::num::u8::ANY, 0..4),
                 proptest::collection::vec(proptest::num::u8::ANY, 0..64),
             ],
-            udp in proptest::bool::weighted(0.1),
+            udp in proptest::bool::weighted(0.3),
             padding in proptest::collection::vec(proptest::num::u8::ANY, 0..24),
             mutations in proptest::collection::vec((0usize..90, proptest::num::u8::ANY), 0..3),
-            nudges in proptest::collection::vec((0usize..8, -3i8..=3), 0..3),
+            nudges in proptest::collection::vec((0usize..10, -3i8..=3), 0..3),
             truncate in proptest::option::weighted(0.2, 0usize..200),
         ) {
             let ip_options = vec![1u8; ip_option_words * 4];
@@ -724,6 +768,8 @@ mod tests {
                     4 => (l3 + 6, if v6 { 1 } else { 0x20 }),  // next header / MF flag
                     5 => (l3 + if v6 { 4 } else { 2 }, 1),   // IP length (high byte)
                     6 => (l4 + 12, 0x10),                    // TCP data offset
+                    7 => (l4 + 5, 1),                        // UDP length (low byte)
+                    8 => (l4 + 4, 1),                        // UDP length (high byte)
                     _ => (l3 + 7, 1),                        // fragment offset (low byte)
                 };
                 if let Some(b) = f.get_mut(at) {
