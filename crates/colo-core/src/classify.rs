@@ -268,50 +268,44 @@ fn classify_fast(eth: &[u8]) -> Option<Classified> {
         }
         _ => return None,
     };
+    // TCP and UDP both start with the source and destination ports.
+    let l4 = eth.get(tcp_offset..ip_end)?;
+    let ports = l4.get(..4)?;
+    let (key, dir) = FlowKey::new(
+        vlan,
+        if proto == IP_UDP {
+            FlowProto::Udp
+        } else {
+            FlowProto::Tcp
+        },
+        Endpoint {
+            addr: src,
+            port: u16::from_be_bytes([ports[0], ports[1]]),
+        },
+        Endpoint {
+            addr: dst,
+            port: u16::from_be_bytes([ports[2], ports[3]]),
+        },
+    );
     if proto == IP_UDP {
         // The UDP length covers its 8-byte header and fits the IP payload; the body
         // compared is what it covers (as etherparse slices it).
-        let uh = eth.get(tcp_offset..ip_end)?.get(..8)?;
+        let uh = l4.get(..8)?;
         let udp_len = usize::from(u16::from_be_bytes([uh[4], uh[5]]));
-        if udp_len < 8 || tcp_offset + udp_len > ip_end {
+        if udp_len < 8 || udp_len > l4.len() {
             return None;
         }
-        let (key, dir) = FlowKey::new(
-            vlan,
-            FlowProto::Udp,
-            Endpoint {
-                addr: src,
-                port: u16::from_be_bytes([uh[0], uh[1]]),
-            },
-            Endpoint {
-                addr: dst,
-                port: u16::from_be_bytes([uh[2], uh[3]]),
-            },
-        );
         return Some(Classified {
             key,
             dir,
             l4: L4::Datagram(DatagramMeta::new(&[], tcp_offset + 8..tcp_offset + udp_len)),
         });
     }
-    let tcp = eth.get(tcp_offset..ip_end)?;
-    let th = tcp.get(..20)?;
+    let th = l4.get(..20)?;
     let tcp_header_len = usize::from(th[12] >> 4) * 4;
-    if tcp_header_len < 20 || tcp_header_len > tcp.len() {
+    if tcp_header_len < 20 || tcp_header_len > l4.len() {
         return None;
     }
-    let (key, dir) = FlowKey::new(
-        vlan,
-        FlowProto::Tcp,
-        Endpoint {
-            addr: src,
-            port: u16::from_be_bytes([th[0], th[1]]),
-        },
-        Endpoint {
-            addr: dst,
-            port: u16::from_be_bytes([th[2], th[3]]),
-        },
-    );
     Some(Classified {
         key,
         dir,
